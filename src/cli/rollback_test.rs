@@ -1,0 +1,44 @@
+//! `rollback-test [--keep]`.
+
+use clap::Args;
+
+use super::{interrupted, Ctx, Output};
+use crate::error::ExitCode;
+use crate::rollback_test::{run as run_procedure, RollbackTestOptions};
+use crate::schema::Snapshot;
+
+#[derive(Debug, Args)]
+pub struct RollbackTestArgs {
+    /// Keep the scratch database afterwards, for inspection
+    #[arg(long)]
+    pub keep: bool,
+}
+
+pub async fn run(ctx: &Ctx, args: RollbackTestArgs) -> anyhow::Result<Output> {
+    let loaded = ctx.load()?;
+    let db = ctx.database(&loaded)?;
+    let set = ctx.migrations(&loaded)?;
+    let expected_path = set.dir.join("schema.json");
+    let expected = if expected_path.is_file() {
+        Some(Snapshot::read(&expected_path)?)
+    } else {
+        None
+    };
+    let options = RollbackTestOptions { keep: args.keep };
+    let report = run_procedure(
+        &db,
+        &loaded.config.database,
+        &set,
+        expected,
+        &options,
+        interrupted(),
+    )
+    .await?;
+    let code = if report.passed() {
+        ExitCode::Success
+    } else {
+        ExitCode::Verification
+    };
+    let text = report.render();
+    Ok(Output::new(&report, text)?.with_code(code))
+}

@@ -1,0 +1,409 @@
+//! The configuration tree: one serde structure serves the TOML file, the environment
+//! overrides and the rest of the library.
+//!
+//! Lookup order (DESIGN.md): `--config FILE`, else `./backstop.toml`, else
+//! `/etc/backstop/backstop.toml`, else built-in defaults. Unknown keys are rejected with the
+//! file, line and key, because a misspelt key that is silently ignored is how a backup
+//! ends up somewhere nobody looks.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::error::usage;
+
+/// Where the configuration came from, kept for messages and for resolving relative paths.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// The file that was read, or `None` when only defaults and environment apply.
+    pub source: Option<PathBuf>,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub migrations: MigrationsConfig,
+    pub storage: StorageConfig,
+    pub backup: BackupConfig,
+    #[serde(rename = "schedule")]
+    pub schedules: Vec<ScheduleConfig>,
+    pub retention: RetentionConfig,
+    pub server: ServerConfig,
+}
+
+/// A string that must never be printed: database URLs carry passwords, tokens are secrets.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// `[database]`: how to reach PostgreSQL and how long to wait for it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// libpq-style URL; `BACKSTOP_DATABASE_URL` and `DATABASE_URL` override it.
+    #[serde(skip_serializing)]
+    pub url: Option<Secret>,
+    /// The schema whose tables migrations create and backups cover.
+    pub schema: String,
+    /// Give up connecting after this long, so an unreachable host fails instead of hanging.
+    pub connect_timeout_secs: u64,
+    /// `lock_timeout` for migration steps: a migration blocked by a long transaction fails
+    /// with a clear message instead of queueing every other query behind it.
+    pub lock_timeout_secs: u64,
+    /// `statement_timeout` for catalog queries (schema snapshots, bookkeeping).
+    pub statement_timeout_secs: u64,
+    /// How long a schema-changing command waits for another run holding the migration lock.
+    pub migration_lock_timeout_secs: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            schema: "public".into(),
+            connect_timeout_secs: 10,
+            lock_timeout_secs: 30,
+            statement_timeout_secs: 60,
+            migration_lock_timeout_secs: 60,
+        }
+    }
+}
+
+/// `[migrations]`: where the migration folders live.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MigrationsConfig {
+    /// Relative paths are resolved against the config file's directory (or the working
+    /// directory when there is no file), so a daemon started from `/` finds them.
+    pub dir: PathBuf,
+}
+
+impl Default for MigrationsConfig {
+    fn default() -> Self {
+        MigrationsConfig {
+            dir: PathBuf::from("migrations"),
+        }
+    }
+}
+
+/// `[storage]`: where backups go.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `s3://bucket/prefix`, a directory path or a `file://` URL; default `./backstop-backups`.
+    pub url: Option<String>,
+    /// An S3-compatible endpoint; omit for AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Path-style addressing, needed by most self-hosted S3 services.
+    pub force_path_style: bool,
+    /// S3 credentials; prefer the standard AWS environment variables or profile chain.
+    pub access_key_id: Option<String>,
+    #[serde(skip_serializing)]
+    pub secret_access_key: Option<Secret>,
+}
+
+/// `[backup]`: what an on-demand backup covers and how it is compressed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Tables to back up by default; empty means every user table of the schema.
+    pub tables: Vec<String>,
+    pub zstd_level: i32,
+    /// Tables exported at once, each on its own connection sharing one snapshot.
+    pub parallelism: usize,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            tables: Vec::new(),
+            zstd_level: 3,
+            parallelism: 2,
+        }
+    }
+}
+
+/// One `[[schedule]]` entry: a cron expression and the tables it backs up.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    pub name: String,
+    /// Six fields, seconds first, as tokio-cron-scheduler reads them.
+    pub cron: String,
+    #[serde(default)]
+    pub tables: Vec<String>,
+}
+
+/// `[retention]`: how many manual and scheduled backups `prune` keeps.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    pub keep_last: Option<u32>,
+    pub keep_daily: Option<u32>,
+}
+
+/// `[server]`: the daemon's HTTP endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// Bearer token that `POST /v1/backups` requires; without it the endpoint is off.
+    #[serde(skip_serializing)]
+    pub token: Option<Secret>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:9187".into(),
+            token: None,
+        }
+    }
+}
+
+/// The variables that override the file; a map so tests need not touch the process environment.
+pub type Env = HashMap<String, String>;
+
+impl Config {
+    /// Parses TOML text; `origin` names the file in error messages.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Config> {
+        let config: Config = match toml::from_str(text) {
+            Ok(c) => c,
+            Err(e) => return usage(describe_toml_error(&e, text, origin)),
+        };
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    fn validate(&self, origin: &str) -> anyhow::Result<()> {
+        let schema = &self.database.schema;
+        if schema.is_empty() {
+            return usage(format!("{origin}: [database] schema must not be empty"));
+        }
+        if !(1..=22).contains(&self.backup.zstd_level) {
+            return usage(format!(
+                "{origin}: [backup] zstd_level is {}; zstd levels run from 1 to 22",
+                self.backup.zstd_level
+            ));
+        }
+        if self.backup.parallelism == 0 {
+            return usage(format!("{origin}: [backup] parallelism must be at least 1"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for s in &self.schedules {
+            if !names.insert(&s.name) {
+                return usage(format!(
+                    "{origin}: two [[schedule]] entries are named {:?}; names must be unique",
+                    s.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `BACKSTOP_DATABASE_URL`, then `DATABASE_URL`, then `BACKSTOP_STORAGE_URL`.
+    pub fn apply_env(&mut self, env: &Env) {
+        if let Some(url) = env
+            .get("BACKSTOP_DATABASE_URL")
+            .or_else(|| env.get("DATABASE_URL"))
+            .filter(|u| !u.is_empty())
+        {
+            self.database.url = Some(Secret(url.clone()));
+        }
+        if let Some(url) = env.get("BACKSTOP_STORAGE_URL").filter(|u| !u.is_empty()) {
+            self.storage.url = Some(url.clone());
+        }
+    }
+}
+
+impl Loaded {
+    /// Finds, reads and validates the configuration, then applies the environment.
+    pub fn load(explicit: Option<&Path>, env: &Env) -> anyhow::Result<Loaded> {
+        let candidates: Vec<PathBuf> = match explicit {
+            Some(p) => {
+                if !p.is_file() {
+                    return usage(format!(
+                        "config file {} does not exist or is not a file; check --config",
+                        p.display()
+                    ));
+                }
+                vec![p.to_path_buf()]
+            }
+            None => vec![
+                PathBuf::from("backstop.toml"),
+                PathBuf::from("/etc/backstop/backstop.toml"),
+            ],
+        };
+        let mut loaded = Loaded {
+            config: Config::default(),
+            source: None,
+        };
+        if let Some(path) = candidates.into_iter().find(|p| p.is_file()) {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            loaded.config = Config::parse(&text, &path.display().to_string())?;
+            loaded.source = Some(path);
+        }
+        loaded.config.apply_env(env);
+        Ok(loaded)
+    }
+
+    /// Resolves a path from the config against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            return path.to_path_buf();
+        }
+        match self.source.as_deref().and_then(Path::parent) {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
+
+    /// The migrations directory, resolved.
+    pub fn migrations_dir(&self) -> PathBuf {
+        self.resolve(&self.config.migrations.dir)
+    }
+}
+
+/// The process environment plus `DATABASE_URL` from a `.env` file in the working directory,
+/// as the original procedure reads it. Real environment variables win over the file.
+pub fn process_env() -> anyhow::Result<Env> {
+    let mut env: Env = std::env::vars().collect();
+    match dotenvy::from_filename_iter(".env") {
+        Ok(iter) => {
+            for item in iter {
+                let (k, v) = item.context("reading .env in the working directory")?;
+                env.entry(k).or_insert(v);
+            }
+        }
+        Err(e) if e.not_found() => {}
+        Err(e) => return Err(e).context("reading .env in the working directory"),
+    }
+    Ok(env)
+}
+
+/// Turns a TOML error into `file:line:column: message (in [section] key)`.
+fn describe_toml_error(e: &toml::de::Error, text: &str, origin: &str) -> String {
+    let message = e.message().trim().to_string();
+    let Some(span) = e.span() else {
+        return format!("{origin}: {message}");
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line_no = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let section = text
+        .lines()
+        .take(line_no)
+        .filter_map(|l| {
+            let t = l.trim();
+            (t.starts_with('[') && t.ends_with(']')).then(|| t.to_string())
+        })
+        .last();
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().to_string())
+        .filter(|k| !k.starts_with('['));
+    let place = match (section, key) {
+        (Some(s), Some(k)) => format!(" (key `{k}` in {s})"),
+        (None, Some(k)) => format!(" (key `{k}`)"),
+        (Some(s), None) => format!(" (in {s})"),
+        (None, None) => String::new(),
+    };
+    format!("{origin}:{line_no}:{col}: {message}{place}; see config/backstop.example.toml for every key")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ExitCode;
+
+    #[test]
+    fn example_config_parses_and_documents_every_section() {
+        let text = include_str!("../config/backstop.example.toml");
+        let c = Config::parse(text, "backstop.example.toml").unwrap();
+        assert_eq!(c.database.schema, "public");
+        assert_eq!(c.backup.tables, vec!["tasks".to_string()]);
+        assert_eq!(c.schedules.len(), 1);
+        assert_eq!(c.retention.keep_last, Some(7));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = "[database]\nschema = \"public\"\nshema = \"x\"\n";
+        let err = Config::parse(text, "/etc/b.toml").unwrap_err();
+        assert_eq!(ExitCode::of(&err), ExitCode::Usage);
+        let msg = err.to_string();
+        assert!(msg.starts_with("/etc/b.toml:3:1:"), "{msg}");
+        assert!(msg.contains("shema"), "{msg}");
+        assert!(msg.contains("[database]"), "{msg}");
+    }
+
+    #[test]
+    fn type_error_names_key_and_section() {
+        let text = "[backup]\n\nzstd_level = \"high\"\n";
+        let msg = Config::parse(text, "b.toml").unwrap_err().to_string();
+        assert!(msg.starts_with("b.toml:3:"), "{msg}");
+        assert!(msg.contains("key `zstd_level` in [backup]"), "{msg}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected() {
+        let msg = Config::parse("[backup]\nzstd_level = 40\n", "b.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("zstd_level is 40"), "{msg}");
+    }
+
+    #[test]
+    fn env_precedence() {
+        let mut c = Config::default();
+        let mut env = Env::new();
+        env.insert("DATABASE_URL".into(), "postgres://a/db1".into());
+        c.apply_env(&env);
+        assert_eq!(c.database.url.as_ref().unwrap().0, "postgres://a/db1");
+        env.insert("BACKSTOP_DATABASE_URL".into(), "postgres://b/db2".into());
+        c.apply_env(&env);
+        assert_eq!(c.database.url.as_ref().unwrap().0, "postgres://b/db2");
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        let s = Secret("hunter2".into());
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let mut c = Config::default();
+        c.database.url = Some(Secret("postgres://u:hunter2@h/d".into()));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!serde_json::to_string(&c).unwrap().contains("hunter2"));
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let l = Loaded {
+            config: Config::default(),
+            source: Some(PathBuf::from("/etc/backstop/backstop.toml")),
+        };
+        assert_eq!(
+            l.migrations_dir(),
+            PathBuf::from("/etc/backstop/migrations")
+        );
+        let l = Loaded {
+            config: Config::default(),
+            source: None,
+        };
+        assert_eq!(l.migrations_dir(), PathBuf::from("migrations"));
+    }
+}

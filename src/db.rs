@@ -1,0 +1,575 @@
+//! Connecting to PostgreSQL: URL handling, TLS (rustls), timeouts, readable errors.
+//!
+//! tokio-postgres understands `sslmode=disable|prefer|require` but not `verify-ca`,
+//! `verify-full` or `sslrootcert`, which hosted PostgreSQL setups rely on. This module takes
+//! those out of the URL, hands the rest to tokio-postgres, and builds a rustls
+//! configuration with libpq's semantics: `prefer`/`require` encrypt without checking the
+//! certificate (unless `sslrootcert` is given, as libpq does), `verify-ca` checks the chain,
+//! `verify-full` checks the chain and the host name.
+//!
+//! Nothing here ever formats the password: [`Database::describe`] is what messages use.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::config::Host;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use crate::config::DatabaseConfig;
+use crate::error::usage;
+
+/// libpq's `sslmode` values that backstop honours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RootCert {
+    File(PathBuf),
+    System,
+}
+
+/// A parsed, validated connection target. Cheap to clone; connects on demand.
+#[derive(Clone)]
+pub struct Database {
+    config: tokio_postgres::Config,
+    ssl_mode: SslMode,
+    root_cert: Option<RootCert>,
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// Default used when neither the config nor the environment name a database.
+pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+impl Database {
+    /// Parses a URL (`postgres://…`) or a libpq key/value string and applies the timeouts
+    /// from `[database]`. Errors never repeat the URL, which may hold a password.
+    pub fn parse(url: &str, settings: &DatabaseConfig) -> anyhow::Result<Database> {
+        let (rest, ssl_mode, root_cert) = split_tls_params(url)?;
+        let mut config = match tokio_postgres::Config::from_str(&rest) {
+            Ok(c) => c,
+            Err(e) => {
+                let mut msg = e.to_string();
+                if let Some(src) = std::error::Error::source(&e) {
+                    msg = format!("{msg}: {src}");
+                }
+                return usage(format!(
+                    "the database url is not valid ({msg}); expected postgres://user:password@host:port/dbname?sslmode=require"
+                ));
+            }
+        };
+        config.ssl_mode(match ssl_mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        if config.get_hosts().is_empty() {
+            config.host("127.0.0.1");
+        }
+        if config.get_user().is_none() {
+            config.user(std::env::var("USER").as_deref().unwrap_or("postgres"));
+        }
+        if config.get_dbname().is_none() {
+            let user = config.get_user().unwrap_or("postgres").to_string();
+            config.dbname(user);
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(settings.connect_timeout_secs.max(1)));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("backstop");
+        }
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
+        config.keepalives_interval(Duration::from_secs(10));
+        config.keepalives_retries(3);
+        Ok(Database {
+            config,
+            ssl_mode,
+            root_cert,
+        })
+    }
+
+    /// The same server, another database (scratch databases, the maintenance database).
+    pub fn with_dbname(&self, name: &str) -> Database {
+        let mut other = self.clone();
+        other.config.dbname(name);
+        other
+    }
+
+    pub fn dbname(&self) -> &str {
+        self.config.get_dbname().unwrap_or("postgres")
+    }
+
+    pub fn ssl_mode(&self) -> SslMode {
+        self.ssl_mode
+    }
+
+    /// `user@host:port/dbname`, for messages. Never includes the password.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}@{}/{}",
+            self.config.get_user().unwrap_or("?"),
+            self.endpoints(),
+            self.dbname()
+        )
+    }
+
+    fn endpoints(&self) -> String {
+        let ports = self.config.get_ports();
+        self.config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                match h {
+                    Host::Tcp(name) => format!("{name}:{port}"),
+                    Host::Unix(path) => format!("{}:{port}", path.display()),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Opens a connection and spawns its driver task.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls_config()?);
+        let (client, connection) = self.config.connect(tls).await.map_err(|e| {
+            let hint = if e.as_db_error().is_some() {
+                "check the user name, password and database name in the database url"
+            } else {
+                "check that the server is running and reachable there, and the host, port and sslmode in the database url"
+            };
+            anyhow::anyhow!(
+                "could not connect to PostgreSQL at {} (user {}, database {}): {}; {hint}",
+                self.endpoints(),
+                self.config.get_user().unwrap_or("?"),
+                self.dbname(),
+                PgError::from(e).message
+            )
+        })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("database connection ended: {}", PgError::from(e));
+            }
+        });
+        Ok(client)
+    }
+
+    fn tls_config(&self) -> anyhow::Result<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .context("setting up TLS")?;
+        // libpq: with sslmode=require and a root certificate, verify like verify-ca.
+        let verify = match (self.ssl_mode, &self.root_cert) {
+            (SslMode::VerifyFull, _) => Some(true),
+            (SslMode::VerifyCa, _) => Some(false),
+            (SslMode::Require, Some(RootCert::File(_))) => Some(false),
+            _ => None,
+        };
+        let config = match verify {
+            None => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+                .with_no_client_auth(),
+            Some(check_name) => {
+                let roots = Arc::new(self.root_store()?);
+                let webpki =
+                    rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+                        .build()
+                        .context("building the TLS certificate verifier")?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(ChainVerifier {
+                        inner: webpki,
+                        check_name,
+                    }))
+                    .with_no_client_auth()
+            }
+        };
+        Ok(config)
+    }
+
+    fn root_store(&self) -> anyhow::Result<RootCertStore> {
+        let mut store = RootCertStore::empty();
+        match self.root_cert.as_ref().unwrap_or(&RootCert::System) {
+            RootCert::File(path) => {
+                for cert in CertificateDer::pem_file_iter(path)
+                    .with_context(|| format!("reading sslrootcert {}", path.display()))?
+                {
+                    let cert =
+                        cert.with_context(|| format!("parsing sslrootcert {}", path.display()))?;
+                    store.add(cert).with_context(|| {
+                        format!("adding a certificate from sslrootcert {}", path.display())
+                    })?;
+                }
+            }
+            RootCert::System => {
+                let found = rustls_native_certs::load_native_certs();
+                for cert in found.certs {
+                    let _ = store.add(cert);
+                }
+            }
+        }
+        if store.is_empty() {
+            return usage(
+                "no trusted root certificate found for sslmode=verify-ca/verify-full; set sslrootcert=FILE in the database url",
+            );
+        }
+        Ok(store)
+    }
+}
+
+/// Removes `sslmode` and `sslrootcert` from a URL or key/value string.
+fn split_tls_params(url: &str) -> anyhow::Result<(String, SslMode, Option<RootCert>)> {
+    let mut mode = SslMode::Prefer;
+    let mut root = None;
+    let mut apply = |key: &str, value: &str| -> anyhow::Result<bool> {
+        match key {
+            "sslmode" => {
+                mode = match value {
+                    "disable" | "allow" => SslMode::Disable,
+                    "prefer" => SslMode::Prefer,
+                    "require" => SslMode::Require,
+                    "verify-ca" => SslMode::VerifyCa,
+                    "verify-full" => SslMode::VerifyFull,
+                    other => {
+                        return usage(format!(
+                            "sslmode={other} in the database url is not one of disable, prefer, require, verify-ca, verify-full"
+                        ))
+                    }
+                };
+                Ok(true)
+            }
+            "sslrootcert" => {
+                root = Some(if value == "system" {
+                    RootCert::System
+                } else {
+                    RootCert::File(PathBuf::from(value))
+                });
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    };
+    let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        match url.split_once('?') {
+            None => url.to_string(),
+            Some((base, query)) => {
+                let mut kept = Vec::new();
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    if !apply(k, &percent_decode(v))? {
+                        kept.push(pair);
+                    }
+                }
+                if kept.is_empty() {
+                    base.to_string()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+        }
+    } else {
+        let mut kept = Vec::new();
+        for token in url.split_whitespace() {
+            let (k, v) = token.split_once('=').unwrap_or((token, ""));
+            if !apply(k.trim(), v.trim_matches('\''))? {
+                kept.push(token);
+            }
+        }
+        kept.join(" ")
+    };
+    Ok((rest, mode, root))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// libpq's `sslmode=require`: encrypted, certificate not checked; handshake signatures are.
+#[derive(Debug)]
+struct EncryptOnly(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-full` (chain and name) or `verify-ca` (chain only).
+#[derive(Debug)]
+struct ChainVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    check_name: bool,
+}
+
+impl ServerCertVerifier for ChainVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A PostgreSQL error flattened into one readable line, keeping the SQLSTATE so callers
+/// can still ask what happened (a lock timeout, a cancelled statement).
+#[derive(Debug, Clone)]
+pub struct PgError {
+    pub message: String,
+    pub code: Option<SqlState>,
+    /// 1-based character offset into the statement, when the server reported one.
+    pub position: Option<u32>,
+}
+
+impl From<tokio_postgres::Error> for PgError {
+    fn from(e: tokio_postgres::Error) -> PgError {
+        if let Some(db) = e.as_db_error() {
+            let mut message = db.message().to_string();
+            if let Some(detail) = db.detail() {
+                message.push_str(&format!(" (detail: {detail})"));
+            }
+            if let Some(hint) = db.hint() {
+                message.push_str(&format!(" (hint: {hint})"));
+            }
+            let position = match db.position() {
+                Some(tokio_postgres::error::ErrorPosition::Original(p)) => Some(*p),
+                _ => None,
+            };
+            return PgError {
+                message,
+                code: Some(db.code().clone()),
+                position,
+            };
+        }
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            message.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        PgError {
+            message,
+            code: e.code().cloned(),
+            position: None,
+        }
+    }
+}
+
+impl fmt::Display for PgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for PgError {}
+
+impl PgError {
+    /// The line of `sql` the server's error position points at.
+    pub fn line_in(&self, sql: &str) -> Option<usize> {
+        let pos = self.position? as usize;
+        let before: String = sql.chars().take(pos.saturating_sub(1)).collect();
+        Some(before.matches('\n').count() + 1)
+    }
+}
+
+/// `.pg(|| "what was being done")` on tokio-postgres results.
+pub trait PgContext<T> {
+    fn pg<C: fmt::Display + Send + Sync + 'static>(
+        self,
+        what: impl FnOnce() -> C,
+    ) -> anyhow::Result<T>;
+}
+
+impl<T> PgContext<T> for Result<T, tokio_postgres::Error> {
+    fn pg<C: fmt::Display + Send + Sync + 'static>(
+        self,
+        what: impl FnOnce() -> C,
+    ) -> anyhow::Result<T> {
+        self.map_err(|e| anyhow::Error::new(PgError::from(e)).context(what()))
+    }
+}
+
+/// Quotes an SQL identifier, as `quote_ident` does, but always.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `"schema"."name"`.
+pub fn qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(name))
+}
+
+/// Quotes a string literal for the rare statement that cannot take parameters (SET, CREATE DATABASE).
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> Database {
+        Database::parse(url, &DatabaseConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn ssl_params_are_taken_out_of_urls() {
+        let (rest, mode, root) = split_tls_params(
+            "postgres://u:p@h:5/db?sslmode=verify-full&sslrootcert=%2Ftmp%2Fca.pem&application_name=x",
+        )
+        .unwrap();
+        assert_eq!(rest, "postgres://u:p@h:5/db?application_name=x");
+        assert_eq!(mode, SslMode::VerifyFull);
+        assert_eq!(root, Some(RootCert::File("/tmp/ca.pem".into())));
+        let (rest, mode, _) = split_tls_params("host=h sslmode=require dbname=d").unwrap();
+        assert_eq!(rest, "host=h dbname=d");
+        assert_eq!(mode, SslMode::Require);
+    }
+
+    #[test]
+    fn bad_sslmode_is_a_usage_error_without_the_password() {
+        let err = Database::parse(
+            "postgres://u:secretpw@h/db?sslmode=sometimes",
+            &DatabaseConfig::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            crate::error::ExitCode::of(&err),
+            crate::error::ExitCode::Usage
+        );
+        assert!(!format!("{err:#}").contains("secretpw"));
+        assert!(format!("{err:#}").contains("sometimes"));
+    }
+
+    #[test]
+    fn describe_never_shows_the_password() {
+        let db = parse("postgres://app:secretpw@db.example.com:6543/appdb?sslmode=require");
+        assert_eq!(db.describe(), "app@db.example.com:6543/appdb");
+        assert!(!format!("{db:?}").contains("secretpw"));
+        assert_eq!(db.with_dbname("other").dbname(), "other");
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident(r#"we"ird"#), r#""we""ird""#);
+        assert_eq!(qualified("public", "tasks"), r#""public"."tasks""#);
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("%2Fa%20b"), "/a b");
+        assert_eq!(percent_decode("100%"), "100%");
+    }
+}

@@ -1,0 +1,62 @@
+//! The `backstop` binary: parse arguments, set up logging, run the command, print its
+//! result (text or `--json`) and turn errors into the exit codes DESIGN.md documents.
+
+use std::io::IsTerminal;
+
+use backstop::cli::{run, Cli};
+use backstop::error::ExitCode;
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => tracing::Level::ERROR,
+        (false, 0) => tracing::Level::INFO,
+        (false, 1) => tracing::Level::DEBUG,
+        (false, _) => tracing::Level::TRACE,
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_max_level(level)
+        .with_target(false)
+        .without_time()
+        .init();
+    let json = cli.json;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(ExitCode::Failure as u8);
+        }
+    };
+    let code = match runtime.block_on(run(cli)) {
+        Ok(out) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&out.json).unwrap_or_default()
+                );
+            } else {
+                print!("{}", out.text);
+            }
+            out.code
+        }
+        Err(err) => {
+            let code = ExitCode::of(&err);
+            if json {
+                let doc = serde_json::json!({
+                    "error": format!("{err:#}"),
+                    "exit_code": code as u8,
+                });
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            }
+            eprintln!("error: {err:#}");
+            code
+        }
+    };
+    std::process::ExitCode::from(code as u8)
+}

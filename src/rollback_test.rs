@@ -1,0 +1,349 @@
+//! `rollback-test`: the manual upgrade → inspect → downgrade → inspect → re-upgrade →
+//! compare checklist, run on a scratch database that is created for the purpose and dropped
+//! afterwards, whatever happens.
+//!
+//! The procedure applies every migration one step at a time from an empty database,
+//! snapshotting the schema after each; compares the head schema with the reviewed
+//! `migrations/schema.json` when there is one; reverts one step at a time, checking that
+//! each step returns exactly to the snapshot taken before that migration; re-applies to head
+//! and checks the schema is identical to the first time.
+
+use std::future::Future;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::config::DatabaseConfig;
+use crate::db::{quote_ident, Database, PgContext};
+use crate::migrate::{DownTarget, Engine, MigrateRequest, MigrationSet, Target, UpTarget};
+use crate::schema::Snapshot;
+
+/// What `rollback-test` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct RollbackTestOptions {
+    /// Leave the scratch database behind for inspection.
+    pub keep: bool,
+}
+
+/// Result of one success criterion of the original procedure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Pass,
+    Fail,
+    /// Could not be checked (nothing to compare with); never counted as a pass.
+    Skipped,
+    /// An earlier step failed, so this one never ran.
+    NotRun,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Criterion {
+    pub name: &'static str,
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
+/// Everything `rollback-test` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackTestReport {
+    pub scratch_database: String,
+    pub kept: bool,
+    pub migrations: Vec<String>,
+    pub criteria: Vec<Criterion>,
+    /// Schema differences found, one line each, for the criteria that failed.
+    pub differences: Vec<String>,
+}
+
+impl RollbackTestReport {
+    /// True when no criterion failed or went unrun.
+    pub fn passed(&self) -> bool {
+        self.criteria
+            .iter()
+            .all(|c| matches!(c.outcome, Outcome::Pass | Outcome::Skipped))
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "rollback-test on scratch database {} ({})\nmigrations: {}\n\n",
+            self.scratch_database,
+            if self.kept { "kept" } else { "dropped" },
+            if self.migrations.is_empty() {
+                "(none)".to_string()
+            } else {
+                self.migrations.join(", ")
+            }
+        );
+        let width = self
+            .criteria
+            .iter()
+            .map(|c| c.name.len())
+            .max()
+            .unwrap_or(0);
+        s.push_str(&format!(
+            "{:width$}  {:7}  {}\n",
+            "criterion", "result", "detail"
+        ));
+        for c in &self.criteria {
+            let result = match c.outcome {
+                Outcome::Pass => "PASS",
+                Outcome::Fail => "FAIL",
+                Outcome::Skipped => "SKIPPED",
+                Outcome::NotRun => "NOT RUN",
+            };
+            s.push_str(&format!("{:width$}  {:7}  {}\n", c.name, result, c.detail));
+        }
+        if !self.differences.is_empty() {
+            s.push_str("\ndifferences:\n");
+            for d in &self.differences {
+                s.push_str(&format!("  {}\n", d.replace('\n', "\n  ")));
+            }
+        }
+        s.push_str(if self.passed() {
+            "\nresult: PASS\n"
+        } else {
+            "\nresult: FAIL\n"
+        });
+        s
+    }
+}
+
+const CRITERIA: [&str; 6] = [
+    "upgrade applies",
+    "schema matches",
+    "downgrade succeeds",
+    "schema reverts completely",
+    "re-apply succeeds",
+    "schema identical",
+];
+
+/// Runs the procedure on a new scratch database next to `db`, dropping it afterwards
+/// (unless `keep`), also when `interrupted` resolves first (Ctrl-C, SIGTERM).
+pub async fn run(
+    db: &Database,
+    settings: &DatabaseConfig,
+    set: &MigrationSet,
+    expected: Option<Snapshot>,
+    options: &RollbackTestOptions,
+    interrupted: impl Future<Output = ()>,
+) -> anyhow::Result<RollbackTestReport> {
+    let admin = db.connect().await?;
+    let name = format!("backstop_rt_{}", random_suffix());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name)))
+        .await
+        .pg(|| {
+            format!("creating the scratch database {name} (the database user needs CREATEDB)")
+        })?;
+    tracing::info!("created scratch database {name}");
+    let scratch = db.with_dbname(&name);
+    let outcome = tokio::select! {
+        r = procedure(&scratch, settings, set, expected) => r,
+        _ = interrupted => Err(anyhow::anyhow!("interrupted")),
+    };
+    let kept = options.keep;
+    if !kept {
+        let dropped = admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&name)
+            ))
+            .await
+            .pg(|| format!("dropping the scratch database {name}; drop it by hand"));
+        match (&outcome, dropped) {
+            (_, Ok(())) => tracing::info!("dropped scratch database {name}"),
+            (Ok(_), Err(e)) => return Err(e),
+            (Err(_), Err(e)) => tracing::error!("{e:#}"),
+        }
+    }
+    let mut report = outcome.with_context(|| {
+        if kept {
+            format!("rollback-test on {name} (kept)")
+        } else {
+            format!("rollback-test on {name} (dropped)")
+        }
+    })?;
+    report.scratch_database = name;
+    report.kept = kept;
+    Ok(report)
+}
+
+fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
+struct Checklist {
+    criteria: Vec<Criterion>,
+    differences: Vec<String>,
+}
+
+impl Checklist {
+    fn new() -> Checklist {
+        Checklist {
+            criteria: CRITERIA
+                .iter()
+                .map(|n| Criterion {
+                    name: n,
+                    outcome: Outcome::NotRun,
+                    detail: "an earlier step failed".into(),
+                })
+                .collect(),
+            differences: Vec::new(),
+        }
+    }
+
+    fn set(&mut self, name: &str, outcome: Outcome, detail: impl Into<String>) {
+        if let Some(c) = self.criteria.iter_mut().find(|c| c.name == name) {
+            c.outcome = outcome;
+            c.detail = detail.into();
+        }
+    }
+
+    /// Compares two snapshots for a criterion; returns whether they matched.
+    fn compare(&mut self, context: &str, want: &Snapshot, got: &Snapshot) -> bool {
+        let changes = want.diff(got);
+        for c in &changes {
+            self.differences.push(format!("{context}: {c}"));
+        }
+        changes.is_empty()
+    }
+}
+
+async fn procedure(
+    scratch: &Database,
+    settings: &DatabaseConfig,
+    set: &MigrationSet,
+    expected: Option<Snapshot>,
+) -> anyhow::Result<RollbackTestReport> {
+    let engine = Engine::new(scratch.clone(), settings.clone(), set.clone());
+    let schema = settings.schema.as_str();
+    let snap = || Snapshot::capture(scratch, schema, settings.statement_timeout_secs);
+    let revisions: Vec<String> = set.migrations.iter().map(|m| m.revision.clone()).collect();
+    let mut list = Checklist::new();
+    let report = |list: Checklist| RollbackTestReport {
+        scratch_database: String::new(),
+        kept: false,
+        migrations: revisions.clone(),
+        criteria: list.criteria,
+        differences: list.differences,
+    };
+    let step = |target: Target| MigrateRequest {
+        target,
+        dry_run: false,
+        allow_drift: false,
+        allow_data_loss: true,
+    };
+
+    // 1. Apply every migration from empty, one step at a time.
+    let mut snapshots = vec![snap().await?];
+    for rev in &revisions {
+        if let Err(e) = engine
+            .migrate(&step(Target::Up(UpTarget::Relative(1))))
+            .await
+        {
+            list.set("upgrade applies", Outcome::Fail, format!("{rev}: {e:#}"));
+            return Ok(report(list));
+        }
+        snapshots.push(snap().await?);
+    }
+    let head = snapshots.last().cloned().unwrap_or_default();
+    let current = engine.status().await?.current_label();
+    list.set(
+        "upgrade applies",
+        Outcome::Pass,
+        format!(
+            "{} migration(s) applied from empty; current {current}",
+            revisions.len()
+        ),
+    );
+    match expected {
+        Some(want) => {
+            if list.compare("head vs migrations/schema.json", &want, &head) {
+                list.set("schema matches", Outcome::Pass, format!("{} table(s), identical to migrations/schema.json", head.tables.len()));
+            } else {
+                list.set("schema matches", Outcome::Fail, "head schema differs from migrations/schema.json (see differences)");
+            }
+        }
+        None => list.set(
+            "schema matches",
+            Outcome::Skipped,
+            "no migrations/schema.json to compare with; write it with `backstop schema --json > migrations/schema.json`",
+        ),
+    }
+
+    // 2. Revert one step at a time; each must land exactly on the snapshot before it.
+    let mut reverted_cleanly = true;
+    for (i, rev) in revisions.iter().enumerate().rev() {
+        if let Err(e) = engine
+            .migrate(&step(Target::Down(DownTarget::Relative(1))))
+            .await
+        {
+            list.set("downgrade succeeds", Outcome::Fail, format!("{rev}: {e:#}"));
+            return Ok(report(list));
+        }
+        let now = snap().await?;
+        let before = if i == 0 {
+            "empty".to_string()
+        } else {
+            revisions[i - 1].clone()
+        };
+        reverted_cleanly &= list.compare(
+            &format!("after reverting {rev} vs {before}"),
+            &snapshots[i],
+            &now,
+        );
+    }
+    list.set(
+        "downgrade succeeds",
+        Outcome::Pass,
+        format!("{} step(s) reverted to base", revisions.len()),
+    );
+    if reverted_cleanly {
+        list.set(
+            "schema reverts completely",
+            Outcome::Pass,
+            "every step returned to the schema before it; base is empty",
+        );
+    } else {
+        list.set(
+            "schema reverts completely",
+            Outcome::Fail,
+            "a down.sql left objects behind or removed too much (see differences)",
+        );
+    }
+
+    // 3. Re-apply to head; the schema must be the one of the first pass.
+    if let Err(e) = engine.migrate(&step(Target::Up(UpTarget::Head))).await {
+        list.set("re-apply succeeds", Outcome::Fail, format!("{e:#}"));
+        return Ok(report(list));
+    }
+    list.set(
+        "re-apply succeeds",
+        Outcome::Pass,
+        format!("upgraded to {}", engine.status().await?.current_label()),
+    );
+    let again = snap().await?;
+    if list.compare("re-applied head vs first head", &head, &again) {
+        list.set(
+            "schema identical",
+            Outcome::Pass,
+            "tables, columns, indexes, constraints and sequences identical",
+        );
+    } else {
+        list.set(
+            "schema identical",
+            Outcome::Fail,
+            "the re-applied schema differs from the first (see differences)",
+        );
+    }
+    Ok(report(list))
+}

@@ -570,8 +570,10 @@ mod tests {
             schema: "public".into(),
             ..Default::default()
         };
-        let mut t = Table::default();
-        t.columns = vec![col("id", "integer"), col("title", "text")];
+        let mut t = Table {
+            columns: vec![col("id", "integer"), col("title", "text")],
+            ..Default::default()
+        };
         t.indexes.insert(
             "idx".into(),
             "CREATE INDEX idx ON public.t USING btree (title)".into(),
@@ -599,8 +601,10 @@ mod tests {
     #[test]
     fn column_order_counts() {
         let mut a = Snapshot::default();
-        let mut t = Table::default();
-        t.columns = vec![col("a", "int"), col("b", "int")];
+        let t = Table {
+            columns: vec![col("a", "int"), col("b", "int")],
+            ..Default::default()
+        };
         a.tables.insert("t".into(), t.clone());
         let mut b = a.clone();
         b.tables.get_mut("t").unwrap().columns.reverse();

@@ -48,10 +48,12 @@ impl MigrationSet {
     pub fn load(dir: &Path) -> anyhow::Result<MigrationSet> {
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
-            Err(e) => return usage(format!(
+            Err(e) => {
+                return usage(format!(
                 "cannot read the migrations directory {}: {e}; set [migrations] dir in the config",
                 dir.display()
-            )),
+            ))
+            }
         };
         let mut migrations: Vec<Migration> = Vec::new();
         for entry in entries {

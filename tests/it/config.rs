@@ -1,0 +1,104 @@
+//! Configuration lookup, validation and environment overrides, through the binary.
+
+use crate::common::*;
+
+#[tokio::test]
+async fn unknown_key_is_rejected_with_file_line_and_key() {
+    let p = Project::empty("postgres://x@127.0.0.1/x");
+    std::fs::write(
+        p.path().join("backstop.toml"),
+        "[database]\nurl = \"postgres://x@127.0.0.1/x\"\n\n[storage]\nurll = \"s3://b/p\"\n",
+    )
+    .unwrap();
+    let r = p.run(&["current"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("backstop.toml:5:1"), "{r}");
+    assert!(
+        r.stderr.contains("urll") && r.stderr.contains("[storage]"),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn type_error_is_rejected_with_the_key() {
+    let p = Project::empty("postgres://x@127.0.0.1/x");
+    let cfg = p.path().join("elsewhere.toml");
+    std::fs::write(&cfg, "[backup]\nzstd_level = \"fast\"\n").unwrap();
+    let r = p.run(&["--config", cfg.to_str().unwrap(), "current"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("elsewhere.toml:2:"), "{r}");
+    assert!(r.stderr.contains("zstd_level"), "{r}");
+}
+
+#[tokio::test]
+async fn missing_config_file_and_missing_url_are_usage_errors() {
+    let p = Project::empty("postgres://x@127.0.0.1/x");
+    let r = p.run(&["--config", "/nonexistent/backstop.toml", "current"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(
+        r.stderr
+            .contains("/nonexistent/backstop.toml does not exist"),
+        "{r}"
+    );
+    std::fs::write(
+        p.path().join("backstop.toml"),
+        "[database]\nschema = \"public\"\n",
+    )
+    .unwrap();
+    let r = p.run(&["current"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("DATABASE_URL"), "{r}");
+}
+
+#[tokio::test]
+async fn database_url_from_env_and_dotenv_in_order() {
+    let db = TestDb::new().await;
+    let p = Project::new(&db);
+    // The file names a server that does not exist; the environment wins over it.
+    std::fs::write(
+        p.path().join("backstop.toml"),
+        "[database]\nurl = \"postgres://nobody@127.0.0.1:1/none\"\n",
+    )
+    .unwrap();
+    assert_eq!(p.run(&["current"]).code, 1);
+
+    // .env in the working directory, as the original procedure reads it.
+    std::fs::write(p.path().join(".env"), format!("DATABASE_URL={}\n", db.url)).unwrap();
+    assert_eq!(p.ok(&["current"]).stdout, "(none)\n");
+
+    // A real DATABASE_URL beats .env; BACKSTOP_DATABASE_URL beats both.
+    let bad = "postgres://nobody@127.0.0.1:1/none";
+    let r = Run::from(
+        p.cmd(&["current"])
+            .env("DATABASE_URL", bad)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 1, "{r}");
+    let r = Run::from(
+        p.cmd(&["current"])
+            .env("DATABASE_URL", bad)
+            .env("BACKSTOP_DATABASE_URL", &db.url)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 0, "{r}");
+}
+
+#[tokio::test]
+async fn example_config_is_accepted_by_the_binary() {
+    let db = TestDb::new().await;
+    let p = Project::new(&db);
+    let example = repo_root().join("config/backstop.example.toml");
+    let text = std::fs::read_to_string(example).unwrap();
+    std::fs::write(p.path().join("backstop.toml"), text).unwrap();
+    // The example's url points at db.example.com; the environment overrides it here.
+    let r = Run::from(
+        p.cmd(&["current"])
+            .env("BACKSTOP_DATABASE_URL", &db.url)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.stdout, "(none)\n");
+}

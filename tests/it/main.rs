@@ -1,0 +1,9 @@
+//! Integration tests: the real binary against a real PostgreSQL. Each test makes its own
+//! database (see `common::TestDb`), so they run in parallel.
+
+mod common;
+mod config;
+mod migrate;
+mod rollback_test;
+mod schema;
+mod tls;

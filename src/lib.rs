@@ -13,10 +13,15 @@
 //! - [`cli`]: argument parsing and one thin function per command.
 //! - [`error`]: the few error classes that decide the exit code.
 
+pub mod backup;
+pub mod backups;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod migrate;
+pub mod progress;
+pub mod restore;
 pub mod rollback_test;
 pub mod schema;
+pub mod store;

@@ -4,6 +4,7 @@
 //! an [`Output`]: the same result as a JSON document (`--json`) and as text, plus the exit
 //! code. Nothing here talks to PostgreSQL directly.
 
+mod backup;
 mod migrate;
 mod rollback_test;
 mod schema;
@@ -16,6 +17,7 @@ use crate::config::{process_env, Loaded};
 use crate::db::Database;
 use crate::error::{usage, ExitCode};
 use crate::migrate::{Engine, MigrationSet};
+use crate::store::Store;
 
 /// Backups before every destructive migration, and the data back after a re-upgrade.
 #[derive(Debug, Parser)]
@@ -51,6 +53,12 @@ pub enum Command {
     Stamp(migrate::StampArgs),
     /// Print the canonical schema snapshot, or compare two snapshots
     Schema(schema::SchemaArgs),
+    /// Back up tables now (kind manual)
+    Backup(backup::BackupArgs),
+    /// List, show, verify or prune stored backups
+    Backups(backup::BackupsArgs),
+    /// Load a backup's tables back, all in one transaction
+    Restore(backup::RestoreArgs),
     /// Run upgrade → downgrade → re-upgrade on a scratch database and check every step
     RollbackTest(rollback_test::RollbackTestArgs),
 }
@@ -80,6 +88,8 @@ impl Output {
 /// Lazily loaded configuration, so commands that need none (`schema diff`) never fail on it.
 pub struct Ctx {
     config_path: Option<PathBuf>,
+    /// Progress bars allowed (not `--json`, not `-q`); they still need a terminal.
+    interactive: bool,
 }
 
 impl Ctx {
@@ -94,6 +104,10 @@ impl Ctx {
             );
         };
         Database::parse(&url.0, &loaded.config.database)
+    }
+
+    async fn store(&self, loaded: &Loaded) -> anyhow::Result<Store> {
+        Store::open(&loaded.config.storage, |p| loaded.resolve(p)).await
     }
 
     fn migrations(&self, loaded: &Loaded) -> anyhow::Result<MigrationSet> {
@@ -114,6 +128,7 @@ impl Ctx {
 pub async fn run(cli: Cli) -> anyhow::Result<Output> {
     let ctx = Ctx {
         config_path: cli.config.clone(),
+        interactive: !cli.json && !cli.quiet,
     };
     match cli.command {
         Command::Current => migrate::current(&ctx).await,
@@ -122,6 +137,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<Output> {
         Command::Downgrade(args) => migrate::downgrade(&ctx, args).await,
         Command::Stamp(args) => migrate::stamp(&ctx, args).await,
         Command::Schema(args) => schema::run(&ctx, args).await,
+        Command::Backup(args) => backup::backup(&ctx, args).await,
+        Command::Backups(args) => backup::backups(&ctx, args).await,
+        Command::Restore(args) => backup::restore(&ctx, args).await,
         Command::RollbackTest(args) => rollback_test::run(&ctx, args).await,
     }
 }

@@ -291,6 +291,45 @@ pub struct StampReport {
     pub current: Option<String>,
 }
 
+/// The highest revision recorded in `backstop_migrations`, or `None` (also when the
+/// table does not exist yet). Reads through `client`, so inside a snapshot if it is one.
+pub async fn recorded_revision(
+    client: &impl GenericClient,
+    schema: &str,
+) -> anyhow::Result<Option<String>> {
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = $1 AND tablename = $2)",
+            &[&schema, &BOOKKEEPING_TABLE],
+        )
+        .await
+        .pg(|| "checking for the bookkeeping table")?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let revisions: Vec<String> = client
+        .query(
+            &format!(
+                "SELECT revision FROM {}",
+                qualified(schema, BOOKKEEPING_TABLE)
+            ),
+            &[],
+        )
+        .await
+        .pg(|| "reading the recorded revisions")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let number = |r: &String| {
+        r.split('_')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(revisions.into_iter().max_by_key(number))
+}
+
 /// Migrations of one directory against one database and schema.
 pub struct Engine {
     pub db: Database,

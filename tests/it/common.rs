@@ -97,7 +97,10 @@ impl Drop for TestDb {
 pub struct Project {
     pub dir: tempfile::TempDir,
     pub db_url: String,
-    pub extra_config: String,
+    /// Extra TOML sections by name (`database` adds to the url line).
+    pub sections: std::collections::BTreeMap<String, String>,
+    /// Environment for the binary (S3 credentials).
+    pub env: Vec<(String, String)>,
 }
 
 pub fn repo_root() -> PathBuf {
@@ -119,7 +122,8 @@ impl Project {
         let p = Project {
             dir,
             db_url: db_url.to_string(),
-            extra_config: String::new(),
+            sections: Default::default(),
+            env: Vec::new(),
         };
         p.write_config();
         p
@@ -135,19 +139,34 @@ impl Project {
 
     /// Rewrites backstop.toml with `extra` appended under `[database]`.
     pub fn set_database_extra(&mut self, extra: &str) {
-        self.extra_config = extra.to_string();
+        self.set_section("database", extra);
+    }
+
+    /// Sets the body of a config section and rewrites backstop.toml.
+    pub fn set_section(&mut self, name: &str, body: &str) {
+        self.sections.insert(name.to_string(), body.to_string());
         self.write_config();
     }
 
+    /// Points the project at a store (and its credentials, through the environment).
+    pub fn use_store(&mut self, store: &TestStore) {
+        self.set_section("storage", &store.config());
+        self.env = store.env();
+    }
+
     fn write_config(&self) {
-        std::fs::write(
-            self.dir.path().join("backstop.toml"),
-            format!(
-                "[database]\nurl = \"{}\"\n{}\n[migrations]\ndir = \"migrations\"\n",
-                self.db_url, self.extra_config
-            ),
-        )
-        .unwrap();
+        let mut text = format!("[database]\nurl = \"{}\"\n", self.db_url);
+        if let Some(extra) = self.sections.get("database") {
+            text.push_str(extra);
+            text.push('\n');
+        }
+        text.push_str("\n[migrations]\ndir = \"migrations\"\n");
+        for (name, body) in &self.sections {
+            if name != "database" {
+                text.push_str(&format!("\n[{name}]\n{body}\n"));
+            }
+        }
+        std::fs::write(self.dir.path().join("backstop.toml"), text).unwrap();
     }
 
     /// Adds (or replaces) migration `rev` with the given scripts.
@@ -165,7 +184,11 @@ impl Project {
             .current_dir(self.dir.path())
             .env_remove("DATABASE_URL")
             .env_remove("BACKSTOP_DATABASE_URL")
-            .env_remove("BACKSTOP_STORAGE_URL");
+            .env_remove("BACKSTOP_STORAGE_URL")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_PROFILE")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         c
     }
 
@@ -253,4 +276,283 @@ pub async fn recorded(c: &Client) -> Vec<String> {
     .await
     .map(|rows| rows.iter().map(|r| r.get(0)).collect())
     .unwrap_or_default()
+}
+
+/// The S3 service the tests use, started by scripts/test.
+pub struct S3Env {
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+pub fn s3_env() -> S3Env {
+    let get = |k: &str| {
+        std::env::var(k).unwrap_or_else(|_| {
+            panic!("{k} is not set: run the tests through scripts/test, which starts SeaweedFS")
+        })
+    };
+    S3Env {
+        endpoint: get("BACKSTOP_TEST_S3_ENDPOINT"),
+        access_key: get("BACKSTOP_TEST_S3_ACCESS_KEY"),
+        secret_key: get("BACKSTOP_TEST_S3_SECRET_KEY"),
+    }
+}
+
+pub fn s3_client() -> aws_sdk_s3::Client {
+    let env = s3_env();
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .http_client(backstop::store::http_client())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(env.endpoint)
+        .force_path_style(true)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            env.access_key,
+            env.secret_key,
+            None,
+            None,
+            "test",
+        ))
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// A backup store of one test's own: a temporary directory, or a fresh S3 bucket.
+pub enum TestStore {
+    Dir(tempfile::TempDir),
+    S3 { bucket: String, prefix: String },
+}
+
+impl TestStore {
+    pub fn dir() -> TestStore {
+        TestStore::Dir(tempfile::tempdir().unwrap())
+    }
+
+    pub async fn s3() -> TestStore {
+        let bucket = unique("bst").replace('_', "-").to_lowercase();
+        let client = s3_client();
+        let mut last = None;
+        // The S3 port can answer before SeaweedFS's filer is ready.
+        for _ in 0..60 {
+            match client.create_bucket().bucket(&bucket).send().await {
+                Ok(_) => {
+                    last = None;
+                    break;
+                }
+                Err(e) => {
+                    last = Some(format!("{}", aws_sdk_s3::error::DisplayErrorContext(e)));
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        }
+        if let Some(e) = last {
+            panic!("creating bucket {bucket}: {e}");
+        }
+        TestStore::S3 {
+            bucket,
+            prefix: "backups".into(),
+        }
+    }
+
+    pub async fn both() -> Vec<TestStore> {
+        vec![TestStore::dir(), TestStore::s3().await]
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            TestStore::Dir(_) => "directory",
+            TestStore::S3 { .. } => "s3",
+        }
+    }
+
+    /// The `[storage]` section for this store.
+    pub fn config(&self) -> String {
+        match self {
+            TestStore::Dir(d) => format!("url = \"{}\"", d.path().display()),
+            TestStore::S3 { bucket, prefix } => format!(
+                "url = \"s3://{bucket}/{prefix}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nforce_path_style = true",
+                s3_env().endpoint
+            ),
+        }
+    }
+
+    /// Credentials go through the standard AWS variables, as users are told to do.
+    pub fn env(&self) -> Vec<(String, String)> {
+        match self {
+            TestStore::Dir(_) => Vec::new(),
+            TestStore::S3 { .. } => {
+                let e = s3_env();
+                vec![
+                    ("AWS_ACCESS_KEY_ID".into(), e.access_key),
+                    ("AWS_SECRET_ACCESS_KEY".into(), e.secret_key),
+                ]
+            }
+        }
+    }
+
+    /// Every object key, relative to the store's prefix.
+    pub async fn keys(&self) -> Vec<String> {
+        match self {
+            TestStore::Dir(d) => {
+                let mut out = Vec::new();
+                fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+                    for e in std::fs::read_dir(dir).unwrap() {
+                        let p = e.unwrap().path();
+                        if p.is_dir() {
+                            walk(root, &p, out);
+                        } else {
+                            out.push(p.strip_prefix(root).unwrap().display().to_string());
+                        }
+                    }
+                }
+                walk(d.path(), d.path(), &mut out);
+                out.sort();
+                out
+            }
+            TestStore::S3 { bucket, prefix } => {
+                let resp = s3_client()
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .send()
+                    .await
+                    .unwrap();
+                let mut out: Vec<String> = resp
+                    .contents()
+                    .iter()
+                    .filter_map(|o| o.key())
+                    .map(|k| {
+                        k.strip_prefix(&format!("{prefix}/"))
+                            .unwrap_or(k)
+                            .to_string()
+                    })
+                    .collect();
+                out.sort();
+                out
+            }
+        }
+    }
+
+    pub async fn read(&self, key: &str) -> Vec<u8> {
+        match self {
+            TestStore::Dir(d) => std::fs::read(d.path().join(key)).unwrap(),
+            TestStore::S3 { bucket, prefix } => s3_client()
+                .get_object()
+                .bucket(bucket)
+                .key(format!("{prefix}/{key}"))
+                .send()
+                .await
+                .unwrap()
+                .body
+                .collect()
+                .await
+                .unwrap()
+                .to_vec(),
+        }
+    }
+
+    pub async fn write(&self, key: &str, data: Vec<u8>) {
+        match self {
+            TestStore::Dir(d) => {
+                let p = d.path().join(key);
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(p, data).unwrap()
+            }
+            TestStore::S3 { bucket, prefix } => {
+                s3_client()
+                    .put_object()
+                    .bucket(bucket)
+                    .key(format!("{prefix}/{key}"))
+                    .body(data.into())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    pub async fn remove(&self, key: &str) {
+        match self {
+            TestStore::Dir(d) => std::fs::remove_file(d.path().join(key)).unwrap(),
+            TestStore::S3 { bucket, prefix } => {
+                s3_client()
+                    .delete_object()
+                    .bucket(bucket)
+                    .key(format!("{prefix}/{key}"))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    /// Unfinished multipart uploads in the bucket (always none for a directory).
+    pub async fn pending_uploads(&self) -> usize {
+        match self {
+            TestStore::Dir(_) => 0,
+            TestStore::S3 { bucket, .. } => s3_client()
+                .list_multipart_uploads()
+                .bucket(bucket)
+                .send()
+                .await
+                .unwrap()
+                .uploads()
+                .len(),
+        }
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        let TestStore::S3 { bucket, .. } = self else {
+            return;
+        };
+        let bucket = bucket.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let c = s3_client();
+                if let Ok(list) = c.list_objects_v2().bucket(&bucket).send().await {
+                    for o in list.contents() {
+                        if let Some(k) = o.key() {
+                            let _ = c.delete_object().bucket(&bucket).key(k).send().await;
+                        }
+                    }
+                }
+                if let Ok(ups) = c.list_multipart_uploads().bucket(&bucket).send().await {
+                    for u in ups.uploads() {
+                        let _ = c
+                            .abort_multipart_upload()
+                            .bucket(&bucket)
+                            .key(u.key().unwrap_or_default())
+                            .upload_id(u.upload_id().unwrap_or_default())
+                            .send()
+                            .await;
+                    }
+                }
+                let _ = c.delete_bucket().bucket(&bucket).send().await;
+            })
+        })
+        .join();
+    }
+}
+
+/// md5 over every row of a table in primary-key order, as text.
+pub async fn table_md5(c: &Client, table: &str, order: &str) -> String {
+    c.query_one(
+        &format!("SELECT coalesce(md5(string_agg(t::text, E'\\n' ORDER BY {order})), 'empty') FROM {table} t"),
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+pub async fn count(c: &Client, table: &str) -> i64 {
+    c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
 }

@@ -1,6 +1,7 @@
 //! Integration tests: the real binary against a real PostgreSQL. Each test makes its own
 //! database (see `common::TestDb`), so they run in parallel.
 
+mod backup;
 mod common;
 mod config;
 mod migrate;

@@ -1,0 +1,188 @@
+//! Streaming one table out: `COPY (SELECT …) TO STDOUT (FORMAT csv, HEADER)` → 256 KiB
+//! batches → zstd on a blocking thread (with the SHA-256 of its output) → the store.
+//!
+//! COPY sends one protocol message per row; compressing each message on its own was slower
+//! than batching them first, and compressing on the async reactor starves the network
+//! work, so the compressor runs on its own thread between two bounded channels. Memory is
+//! the channels' few batches plus the store's upload buffers, whatever the table's size.
+
+use std::io::Write;
+
+use anyhow::Context;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_postgres::Transaction;
+
+use super::manifest::{ColumnEntry, Manifest, SequenceEntry, TableEntry};
+use crate::db::{qualified, quote_ident, PgContext};
+use crate::progress::Progress;
+use crate::store::Store;
+
+/// Bytes per batch handed to the compressor, and per compressed chunk handed on.
+pub const CHUNK: usize = 256 * 1024;
+const CHANNEL_DEPTH: usize = 4;
+
+/// A table as the catalog describes it at backup time.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub schema: String,
+    pub name: String,
+    /// Every column except generated ones, which restore recomputes.
+    pub columns: Vec<ColumnEntry>,
+    pub primary_key: Vec<String>,
+    /// On-disk size of the heap, to size upload parts and the progress bar.
+    pub estimated_bytes: u64,
+    pub sequences: Vec<SequenceEntry>,
+}
+
+/// Where and how the tables of one backup are written.
+#[derive(Clone, Copy)]
+pub struct ExportJob<'a> {
+    pub store: &'a Store,
+    pub backup_id: &'a str,
+    pub zstd_level: i32,
+    pub progress: &'a Progress,
+}
+
+/// Exports `spec` from the snapshot of `tx` into the backup's folder.
+pub async fn export_table(
+    tx: &Transaction<'_>,
+    job: ExportJob<'_>,
+    spec: &TableSpec,
+) -> anyhow::Result<TableEntry> {
+    let ExportJob {
+        store,
+        backup_id,
+        zstd_level,
+        progress,
+    } = job;
+    let key = Manifest::table_key(backup_id, &spec.schema, &spec.name);
+    let columns: Vec<String> = spec.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let sql = format!(
+        "COPY (SELECT {} FROM {}) TO STDOUT (FORMAT csv, HEADER)",
+        columns.join(", "),
+        qualified(&spec.schema, &spec.name)
+    );
+    let table = spec.name.clone();
+    let stream = tx
+        .copy_out(sql.as_str())
+        .await
+        .pg(|| format!("starting the export of {}", spec.name))?;
+    let mut upload = store.upload(&key, spec.estimated_bytes).await?;
+
+    let (raw_tx, raw_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let compressor = tokio::task::spawn_blocking(move || compress(raw_rx, out_tx, zstd_level));
+
+    let produce = async move {
+        let mut stream = std::pin::pin!(stream);
+        let mut batch = BytesMut::with_capacity(CHUNK);
+        let (mut messages, mut bytes, mut batch_rows) = (0u64, 0u64, 0u64);
+        while let Some(msg) = stream.next().await {
+            let msg = msg.pg(|| format!("exporting {table}"))?;
+            messages += 1;
+            batch_rows += 1;
+            bytes += msg.len() as u64;
+            batch.extend_from_slice(&msg);
+            if batch.len() >= CHUNK {
+                progress.add(batch.len() as u64, batch_rows);
+                batch_rows = 0;
+                let full = std::mem::replace(&mut batch, BytesMut::with_capacity(CHUNK));
+                raw_tx
+                    .send(full.freeze())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the compressor stopped"))?;
+            }
+        }
+        if !batch.is_empty() {
+            progress.add(batch.len() as u64, batch_rows);
+            raw_tx
+                .send(batch.freeze())
+                .await
+                .map_err(|_| anyhow::anyhow!("the compressor stopped"))?;
+        }
+        // The first message is the header line.
+        anyhow::Ok((messages.saturating_sub(1), bytes))
+    };
+    let consume = async {
+        while let Some(chunk) = out_rx.recv().await {
+            upload.write(chunk).await?;
+        }
+        anyhow::Ok(())
+    };
+    let outcome = tokio::try_join!(produce, consume);
+    // If the upload stopped early the compressor may be blocked on a full channel: close it.
+    drop(out_rx);
+    let compressed = compressor.await.context("the compressor thread panicked");
+    let ((rows, bytes), ()) = match outcome {
+        Ok(v) => v,
+        Err(e) => {
+            upload.abort().await;
+            return Err(e.context(format!("backing up table {}", spec.name)));
+        }
+    };
+    let (sha256, compressed_bytes) = match compressed.and_then(|r| r) {
+        Ok(v) => v,
+        Err(e) => {
+            upload.abort().await;
+            return Err(e.context(format!("compressing table {}", spec.name)));
+        }
+    };
+    let stored = upload
+        .finish()
+        .await
+        .with_context(|| format!("storing table {} in {}", spec.name, store.describe()))?;
+    if stored != compressed_bytes {
+        anyhow::bail!(
+            "stored {stored} bytes of table {} but compressed {compressed_bytes}",
+            spec.name
+        );
+    }
+    Ok(TableEntry {
+        name: spec.name.clone(),
+        columns: spec.columns.clone(),
+        primary_key: spec.primary_key.clone(),
+        rows,
+        bytes,
+        compressed_bytes,
+        key,
+        sha256,
+        sequences: spec.sequences.clone(),
+    })
+}
+
+/// Runs on a blocking thread: zstd-compresses batches, hashing what comes out.
+fn compress(
+    mut rx: mpsc::Receiver<Bytes>,
+    tx: mpsc::Sender<Bytes>,
+    level: i32,
+) -> anyhow::Result<(String, u64)> {
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::with_capacity(CHUNK * 2), level)
+        .context("starting zstd")?;
+    let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    let mut ship = |buf: Vec<u8>, hasher: &mut Sha256| -> anyhow::Result<()> {
+        hasher.update(&buf);
+        total += buf.len() as u64;
+        tx.blocking_send(Bytes::from(buf))
+            .map_err(|_| anyhow::anyhow!("the upload stopped"))
+    };
+    while let Some(batch) = rx.blocking_recv() {
+        encoder.write_all(&batch).context("compressing")?;
+        if encoder.get_ref().len() >= CHUNK {
+            let out = std::mem::replace(encoder.get_mut(), Vec::with_capacity(CHUNK * 2));
+            ship(out, &mut hasher)?;
+        }
+    }
+    let rest = encoder.finish().context("finishing zstd")?;
+    if !rest.is_empty() {
+        ship(rest, &mut hasher)?;
+    }
+    Ok((hex(&hasher.finalize()), total))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,333 @@
+//! The manifest: the last object of a backup, and what makes it exist.
+//!
+//! Everything a restore or a verify needs is here, and everything read back from a store is
+//! validated before use: the format version, that every object key lies inside its backup's
+//! folder and is exactly the key the table's name implies, and that table names are plain
+//! identifiers of one schema.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::usage;
+
+/// Version of the manifest layout this build writes and reads.
+pub const MANIFEST_FORMAT: u32 = 1;
+pub const MANIFEST_NAME: &str = "manifest.json";
+
+/// Why a backup was taken; retention treats `PreDowngrade` as untouchable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    Manual,
+    Scheduled,
+    PreDowngrade,
+}
+
+impl Kind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Kind::Manual => "manual",
+            Kind::Scheduled => "scheduled",
+            Kind::PreDowngrade => "pre-downgrade",
+        }
+    }
+}
+
+/// Which database a backup came from, so a restore elsewhere can say so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseIdentity {
+    pub name: String,
+    /// `pg_control_system().system_identifier`, when the role may read it.
+    pub system_identifier: Option<String>,
+    pub server_version: String,
+}
+
+impl std::fmt::Display for DatabaseIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.name)?;
+        if let Some(id) = &self.system_identifier {
+            write!(f, " (system {id})")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnEntry {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: String,
+}
+
+/// A sequence owned by a column of the table, as it stood at backup time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceEntry {
+    pub name: String,
+    pub column: String,
+    pub last_value: i64,
+    pub is_called: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableEntry {
+    pub name: String,
+    /// The CSV's columns, in header order.
+    pub columns: Vec<ColumnEntry>,
+    pub primary_key: Vec<String>,
+    pub rows: u64,
+    /// CSV bytes before compression.
+    pub bytes: u64,
+    pub compressed_bytes: u64,
+    pub key: String,
+    /// SHA-256 of the stored (compressed) object, hex.
+    pub sha256: String,
+    pub sequences: Vec<SequenceEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub id: String,
+    pub kind: Kind,
+    pub label: Option<String>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub database: DatabaseIdentity,
+    pub schema: String,
+    /// The migration revision when the backup was taken.
+    pub revision: Option<String>,
+    /// For pre-downgrade backups: the revision the downgrade went to.
+    pub target_revision: Option<String>,
+    pub zstd_level: i32,
+    pub tables: Vec<TableEntry>,
+}
+
+impl Manifest {
+    pub fn manifest_key(id: &str) -> String {
+        format!("{id}/{MANIFEST_NAME}")
+    }
+
+    pub fn table_key(id: &str, schema: &str, table: &str) -> String {
+        format!("{id}/{schema}.{table}.csv.zst")
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.tables.iter().map(|t| t.rows).sum()
+    }
+
+    pub fn compressed_bytes(&self) -> u64 {
+        self.tables.iter().map(|t| t.compressed_bytes).sum()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.tables.iter().map(|t| t.bytes).sum()
+    }
+
+    pub fn table(&self, name: &str) -> Option<&TableEntry> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+
+    /// Parses and validates a manifest read from `id`'s folder.
+    pub fn parse(data: &[u8], id: &str) -> anyhow::Result<Manifest> {
+        #[derive(Deserialize)]
+        struct Probe {
+            format: Option<u32>,
+        }
+        let probe: Probe = serde_json::from_slice(data)
+            .map_err(|e| anyhow::anyhow!("the manifest of backup {id} is not valid JSON: {e}"))?;
+        match probe.format {
+            Some(MANIFEST_FORMAT) => {}
+            Some(other) => anyhow::bail!(
+                "the manifest of backup {id} has format version {other}; this backstop reads version {MANIFEST_FORMAT}: use a backstop release that knows it"
+            ),
+            None => anyhow::bail!("the manifest of backup {id} has no format version; it is not a backstop manifest"),
+        }
+        let m: Manifest = serde_json::from_slice(data)
+            .map_err(|e| anyhow::anyhow!("the manifest of backup {id} is malformed: {e}"))?;
+        m.validate(id)?;
+        Ok(m)
+    }
+
+    fn validate(&self, id: &str) -> anyhow::Result<()> {
+        if self.id != id {
+            anyhow::bail!(
+                "the manifest in folder {id} names backup {}; refusing it",
+                self.id
+            );
+        }
+        check_identifier(&self.schema)
+            .map_err(|e| anyhow::anyhow!("manifest of {id}: schema {e}"))?;
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.tables {
+            check_identifier(&t.name)
+                .map_err(|e| anyhow::anyhow!("manifest of {id}: table {e}"))?;
+            if !seen.insert(&t.name) {
+                anyhow::bail!("manifest of {id} lists table {} twice", t.name);
+            }
+            let expected = Self::table_key(id, &self.schema, &t.name);
+            if t.key != expected {
+                anyhow::bail!(
+                    "manifest of {id}: table {} points at object {:?}, not {expected:?}; refusing a key outside the backup",
+                    t.name,
+                    t.key
+                );
+            }
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                anyhow::bail!("manifest of {id}: table {} has no valid SHA-256", t.name);
+            }
+            for c in &t.columns {
+                if c.name.contains('\0') || c.name.is_empty() {
+                    anyhow::bail!(
+                        "manifest of {id}: table {} has an invalid column name",
+                        t.name
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A name that can be used in an object key and as a quoted SQL identifier:
+/// 1–63 bytes, no `/`, `\`, control characters, and not starting with a dot.
+pub fn check_identifier(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 63
+        || name.starts_with('.')
+        || name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control())
+    {
+        return Err(format!(
+            "{name:?} is not a plain identifier (1-63 bytes, no slashes, control characters or leading dot)"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a backup id given on the command line: `YYYYMMDDTHHMMSSZ-<kind>-<hex>`.
+pub fn check_backup_id(id: &str) -> anyhow::Result<()> {
+    let ok = id.len() > 17
+        && id.as_bytes()[8] == b'T'
+        && id.as_bytes()[15] == b'Z'
+        && id.as_bytes()[16] == b'-'
+        && id[..8].bytes().all(|b| b.is_ascii_digit())
+        && id[9..15].bytes().all(|b| b.is_ascii_digit())
+        && id[17..]
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok {
+        return usage(format!(
+            "{id:?} is not a backup id (like 20261124T132800Z-manual-3f9a1c); `backstop backups list` shows them"
+        ));
+    }
+    Ok(())
+}
+
+/// A new id: UTC time, kind, random suffix; ids sort by time.
+pub fn new_backup_id(kind: Kind, now: time::OffsetDateTime) -> String {
+    let fmt = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    let stamp = now
+        .to_offset(time::UtcOffset::UTC)
+        .format(&fmt)
+        .unwrap_or_else(|_| "19700101T000000Z".into());
+    format!("{stamp}-{}-{}", kind.as_str(), random_hex(6))
+}
+
+/// `n` hex digits from the OS-seeded hasher (good enough to keep ids apart).
+pub fn random_hex(n: usize) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    let s = format!("{:016x}", h.finish());
+    s[..n.min(16)].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(id: &str) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            id: id.into(),
+            kind: Kind::Manual,
+            label: None,
+            created_at: "2026-11-24T13:28:00Z".into(),
+            database: DatabaseIdentity {
+                name: "app".into(),
+                system_identifier: None,
+                server_version: "15".into(),
+            },
+            schema: "public".into(),
+            revision: Some("001_initial".into()),
+            target_revision: None,
+            zstd_level: 3,
+            tables: vec![TableEntry {
+                name: "tasks".into(),
+                columns: vec![ColumnEntry {
+                    name: "id".into(),
+                    data_type: "integer".into(),
+                }],
+                primary_key: vec!["id".into()],
+                rows: 1,
+                bytes: 5,
+                compressed_bytes: 10,
+                key: Manifest::table_key(id, "public", "tasks"),
+                sha256: "a".repeat(64),
+                sequences: vec![],
+            }],
+        }
+    }
+
+    #[test]
+    fn ids_sort_by_time_and_validate() {
+        let t = time::macros::datetime!(2026-11-24 13:28:00 UTC);
+        let id = new_backup_id(Kind::PreDowngrade, t);
+        assert!(id.starts_with("20261124T132800Z-pre-downgrade-"), "{id}");
+        check_backup_id(&id).unwrap();
+        let later = new_backup_id(Kind::Manual, t + time::Duration::seconds(1));
+        assert!(later > id);
+        for bad in [
+            "../etc",
+            "20261124T132800Z-manual/../x",
+            "x",
+            "20261124T132800Z-MANUAL",
+        ] {
+            assert!(check_backup_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn manifests_round_trip_and_reject_escaping_keys() {
+        let id = "20261124T132800Z-manual-abcdef";
+        let m = sample(id);
+        let bytes = serde_json::to_vec(&m).unwrap();
+        assert_eq!(Manifest::parse(&bytes, id).unwrap(), m);
+
+        let mut bad = m.clone();
+        bad.tables[0].key = "../other/public.tasks.csv.zst".into();
+        let err = Manifest::parse(&serde_json::to_vec(&bad).unwrap(), id).unwrap_err();
+        assert!(err.to_string().contains("outside the backup"), "{err}");
+
+        let mut bad = m.clone();
+        bad.tables[0].name = "../../etc/passwd".into();
+        assert!(Manifest::parse(&serde_json::to_vec(&bad).unwrap(), id).is_err());
+
+        let mut bad = m.clone();
+        bad.format = 99;
+        let err = Manifest::parse(&serde_json::to_vec(&bad).unwrap(), id).unwrap_err();
+        assert!(err.to_string().contains("format version 99"), "{err}");
+
+        assert!(Manifest::parse(&bytes, "20261124T132800Z-manual-000000").is_err());
+    }
+}

@@ -1,0 +1,287 @@
+//! `backup`, `backups list|show|verify|prune`, `restore`.
+
+use clap::{Args, Subcommand};
+
+use super::{Ctx, Output};
+use crate::backup::manifest::{Kind, Manifest};
+use crate::backup::{backup as run_backup, BackupRequest};
+use crate::backups::{age, execute_prune, human_bytes, plan_prune, scan, verify};
+use crate::error::{usage, ExitCode};
+use crate::restore::{load_manifest, restore as run_restore, RestoreMode, RestoreRequest};
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Table to back up (repeatable); default [backup] tables, else every table
+    #[arg(long = "table", value_name = "T")]
+    pub tables: Vec<String>,
+    /// A note stored in the manifest
+    #[arg(long, value_name = "L")]
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupsArgs {
+    #[command(subcommand)]
+    pub action: BackupsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupsAction {
+    /// Every complete backup, newest first
+    List,
+    /// One backup's manifest: source database, revision, tables
+    Show { id: String },
+    /// Re-read objects and check SHA-256, decompression and row counts (exit 3 on mismatch)
+    Verify {
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Apply [retention] and remove incomplete uploads
+    Prune {
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    pub backup_id: String,
+    /// Table to restore (repeatable); default all tables of the backup
+    #[arg(long = "table", value_name = "T")]
+    pub tables: Vec<String>,
+    /// What to do with rows already in a table
+    #[arg(long, value_enum, default_value = "fail")]
+    pub mode: RestoreMode,
+}
+
+fn summary_line(m: &Manifest, now: time::OffsetDateTime) -> String {
+    format!(
+        "{}  {:<13}  {:<16}  {:>3} table(s)  {:>10} rows  {:>10}  {}",
+        m.id,
+        m.kind.as_str(),
+        m.revision.as_deref().unwrap_or("(none)"),
+        m.tables.len(),
+        m.rows(),
+        human_bytes(m.compressed_bytes()),
+        age(m, now)
+    )
+}
+
+pub async fn backup(ctx: &Ctx, args: BackupArgs) -> anyhow::Result<Output> {
+    let loaded = ctx.load()?;
+    let db = ctx.database(&loaded)?;
+    let store = ctx.store(&loaded).await?;
+    let request = BackupRequest {
+        kind: Kind::Manual,
+        tables: args.tables,
+        label: args.label,
+        show_progress: ctx.interactive,
+    };
+    let m = run_backup(
+        &db,
+        &loaded.config.database,
+        &loaded.config.backup,
+        &store,
+        &request,
+    )
+    .await?;
+    let mut text = format!("{}\n", m.id);
+    for t in &m.tables {
+        text.push_str(&format!(
+            "  {}: {} rows, {} CSV -> {} zstd\n",
+            t.name,
+            t.rows,
+            human_bytes(t.bytes),
+            human_bytes(t.compressed_bytes)
+        ));
+    }
+    text.push_str(&format!("stored in {}\n", store.describe()));
+    Output::new(&m, text)
+}
+
+pub async fn backups(ctx: &Ctx, args: BackupsArgs) -> anyhow::Result<Output> {
+    let loaded = ctx.load()?;
+    let store = ctx.store(&loaded).await?;
+    let now = time::OffsetDateTime::now_utc();
+    match args.action {
+        BackupsAction::List => {
+            let catalog = scan(&store).await?;
+            let mut text = String::new();
+            if catalog.backups.is_empty() {
+                text.push_str(&format!("no backups in {}\n", store.describe()));
+            }
+            for m in &catalog.backups {
+                text.push_str(&summary_line(m, now));
+                text.push('\n');
+            }
+            for i in &catalog.incomplete {
+                tracing::info!("{} is an incomplete upload (no manifest); `backups prune` removes it after an hour", i.id);
+            }
+            for (id, why) in &catalog.unreadable {
+                tracing::warn!("backup {id} has an unreadable manifest: {why}");
+            }
+            let json = serde_json::json!({
+                "store": store.describe(),
+                "backups": catalog.backups.iter().map(|m| serde_json::json!({
+                    "id": m.id, "kind": m.kind, "label": m.label, "created_at": m.created_at,
+                    "revision": m.revision, "target_revision": m.target_revision,
+                    "tables": m.tables.iter().map(|t| &t.name).collect::<Vec<_>>(),
+                    "rows": m.rows(), "bytes": m.bytes(), "compressed_bytes": m.compressed_bytes(),
+                })).collect::<Vec<_>>(),
+                "incomplete": catalog.incomplete.iter().map(|i| &i.id).collect::<Vec<_>>(),
+                "unreadable": catalog.unreadable.iter().map(|(id, why)| serde_json::json!({"id": id, "error": why})).collect::<Vec<_>>(),
+            });
+            Ok(Output {
+                json,
+                text,
+                code: ExitCode::Success,
+            })
+        }
+        BackupsAction::Show { id } => {
+            let m = load_manifest(&store, &id).await?;
+            let mut text = format!(
+                "backup    {}\nkind      {}\ncreated   {}\ndatabase  {} (PostgreSQL {})\nschema    {}\nrevision  {}\n",
+                m.id,
+                m.kind.as_str(),
+                m.created_at,
+                m.database,
+                m.database.server_version,
+                m.schema,
+                m.revision.as_deref().unwrap_or("(none)")
+            );
+            if let Some(t) = &m.target_revision {
+                text.push_str(&format!("target    {t}\n"));
+            }
+            if let Some(l) = &m.label {
+                text.push_str(&format!("label     {l}\n"));
+            }
+            text.push_str(&format!("zstd      level {}\ntables:\n", m.zstd_level));
+            for t in &m.tables {
+                let cols: Vec<String> = t
+                    .columns
+                    .iter()
+                    .map(|c| format!("{} {}", c.name, c.data_type))
+                    .collect();
+                text.push_str(&format!(
+                    "  {}: {} rows, {} CSV, {} stored, sha256 {}\n    columns: {}\n",
+                    t.name,
+                    t.rows,
+                    human_bytes(t.bytes),
+                    human_bytes(t.compressed_bytes),
+                    t.sha256,
+                    cols.join(", ")
+                ));
+            }
+            Output::new(&m, text)
+        }
+        BackupsAction::Verify { id, all } => {
+            let manifests = match (id, all) {
+                (Some(id), _) => vec![load_manifest(&store, &id).await?],
+                (None, true) => scan(&store).await?.backups,
+                (None, false) => return usage("backups verify needs a backup id or --all"),
+            };
+            let mut results = Vec::new();
+            for m in &manifests {
+                results.push(verify(&store, m).await);
+            }
+            let mut text = String::new();
+            for r in &results {
+                text.push_str(&format!(
+                    "{} {}\n",
+                    r.id,
+                    if r.ok { "OK" } else { "FAILED" }
+                ));
+                for t in &r.tables {
+                    match &t.problem {
+                        None => text.push_str(&format!(
+                            "  {}: ok, {} rows\n",
+                            t.table,
+                            t.rows.unwrap_or(0)
+                        )),
+                        Some(p) => text.push_str(&format!("  {}: {p}\n", t.table)),
+                    }
+                }
+            }
+            if results.is_empty() {
+                text.push_str("no backups to verify\n");
+            }
+            let ok = results.iter().all(|r| r.ok);
+            let out = Output::new(&serde_json::json!({ "ok": ok, "backups": results }), text)?;
+            Ok(out.with_code(if ok {
+                ExitCode::Success
+            } else {
+                ExitCode::Verification
+            }))
+        }
+        BackupsAction::Prune { dry_run } => {
+            let catalog = scan(&store).await?;
+            let pending = store.pending_uploads().await?;
+            let plan = plan_prune(&catalog, pending, &loaded.config.retention, now);
+            if !dry_run {
+                execute_prune(&store, &plan).await?;
+            }
+            let verb = if dry_run { "would remove" } else { "removed" };
+            let mut text = String::new();
+            for d in &plan.remove {
+                text.push_str(&format!("{verb} {} ({})\n", d.id, d.reason));
+            }
+            for i in &plan.incomplete {
+                text.push_str(&format!(
+                    "{verb} incomplete upload {} ({} object(s), no manifest)\n",
+                    i.id,
+                    i.objects.len()
+                ));
+            }
+            for (key, _) in &plan.stale_uploads {
+                text.push_str(&format!(
+                    "{} unfinished multipart upload of {key}\n",
+                    if dry_run { "would abort" } else { "aborted" }
+                ));
+            }
+            for d in &plan.keep {
+                text.push_str(&format!("kept {} ({})\n", d.id, d.reason));
+            }
+            if dry_run {
+                text.push_str("dry run: nothing was removed\n");
+            }
+            let json = serde_json::json!({ "dry_run": dry_run, "plan": plan });
+            Ok(Output {
+                json,
+                text,
+                code: ExitCode::Success,
+            })
+        }
+    }
+}
+
+pub async fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<Output> {
+    let loaded = ctx.load()?;
+    let db = ctx.database(&loaded)?;
+    let store = ctx.store(&loaded).await?;
+    let request = RestoreRequest {
+        backup_id: args.backup_id,
+        tables: args.tables,
+        mode: args.mode,
+        show_progress: ctx.interactive,
+    };
+    let report = run_restore(&db, &loaded.config.database, &store, &request).await?;
+    let mut text = format!(
+        "restored backup {} into {}\n",
+        report.backup_id, report.database
+    );
+    for t in &report.tables {
+        text.push_str(&format!("  {}: {} rows", t.table, t.rows));
+        if !t.indexes_rebuilt.is_empty() {
+            text.push_str(&format!(", rebuilt {}", t.indexes_rebuilt.join(", ")));
+        }
+        if !t.sequences.is_empty() {
+            text.push_str(&format!(", {}", t.sequences.join(", ")));
+        }
+        text.push('\n');
+    }
+    for w in &report.warnings {
+        text.push_str(&format!("note: {w}\n"));
+    }
+    Output::new(&report, text)
+}

@@ -1,0 +1,559 @@
+//! The S3 backend (AWS or any S3-compatible service) through aws-sdk-s3.
+//!
+//! Uploads are multipart with bounded memory: parts of at least 8 MiB (larger when the
+//! expected size would need more than the 10,000 parts S3 allows), at most three in flight.
+//! Small objects go up in a single PutObject. Any error, or dropping the upload unfinished,
+//! aborts the multipart upload so no orphaned parts are left to pay for.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::primitives::ByteStream as AwsByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use bytes::{Bytes, BytesMut};
+use tokio::task::JoinSet;
+
+use super::{check_key, ByteStream, ObjectInfo, PendingUpload};
+use crate::config::StorageConfig;
+
+/// Smallest part; S3's own minimum is 5 MiB.
+pub const MIN_PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts uploading at once.
+pub const PARTS_IN_FLIGHT: usize = 3;
+const MAX_PARTS: u64 = 10_000;
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    endpoint: Option<String>,
+}
+
+fn s3_error<E: std::error::Error + 'static>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("{}", DisplayErrorContext(e))
+}
+
+fn to_time(dt: &aws_sdk_s3::primitives::DateTime) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::from_unix_timestamp(dt.secs()).ok()
+}
+
+/// The one HTTPS client (rustls with ring, like the database connections), so the binary
+/// carries a single TLS stack.
+pub fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
+}
+
+impl S3Store {
+    /// Builds a client from `[storage]`, the standard AWS variables and profile chain.
+    pub async fn connect(
+        config: &StorageConfig,
+        bucket: String,
+        prefix: String,
+    ) -> anyhow::Result<S3Store> {
+        use aws_config::retry::RetryConfig;
+        use aws_config::timeout::TimeoutConfig;
+        use aws_config::{BehaviorVersion, Region};
+        use aws_smithy_http_client::tls;
+
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .retry_config(RetryConfig::standard().with_max_attempts(5))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(120))
+                    .build(),
+            );
+        if let Some(region) = &config.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let (Some(key), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                key.clone(),
+                secret.0.clone(),
+                None,
+                None,
+                "backstop-config",
+            ));
+        }
+        let shared = loader.load().await;
+        let mut builder =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(config.force_path_style);
+        if shared.region().is_none() {
+            builder = builder.region(Region::new("us-east-1"));
+        }
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.endpoint_url(endpoint.clone());
+        }
+        Ok(S3Store {
+            client: Client::from_conf(builder.build()),
+            bucket,
+            prefix,
+            endpoint: config.endpoint.clone(),
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        let mut s = format!("s3://{}/{}", self.bucket, self.prefix);
+        if let Some(e) = &self.endpoint {
+            s.push_str(&format!(" at {e}"));
+        }
+        s
+    }
+
+    fn full_key(&self, key: &str) -> anyhow::Result<String> {
+        check_key(key)?;
+        Ok(if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        })
+    }
+
+    fn relative<'a>(&self, full: &'a str) -> &'a str {
+        if self.prefix.is_empty() {
+            full
+        } else {
+            full.strip_prefix(&self.prefix)
+                .map(|k| k.trim_start_matches('/'))
+                .unwrap_or(full)
+        }
+    }
+
+    pub async fn check(&self) -> anyhow::Result<()> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(s3_error)
+            .with_context(|| {
+                format!(
+                    "cannot reach bucket {} ({}); check [storage] url, endpoint, region and the AWS credentials",
+                    self.bucket,
+                    self.describe()
+                )
+            })?;
+        Ok(())
+    }
+
+    pub fn upload(&self, key: &str, size_hint: u64) -> S3Upload {
+        let mut part_size = MIN_PART_SIZE;
+        // Leave headroom: estimates can be low, and the part size also doubles on the way.
+        while (part_size as u64) * (MAX_PARTS / 2) < size_hint {
+            part_size *= 2;
+        }
+        S3Upload {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: self.full_key(key),
+            part_size,
+            buffer: BytesMut::new(),
+            upload_id: None,
+            in_flight: JoinSet::new(),
+            parts: Vec::new(),
+            next_part: 1,
+            written: 0,
+            done: false,
+        }
+    }
+
+    pub async fn put(&self, key: &str, data: Bytes, create_only: bool) -> anyhow::Result<()> {
+        let full = self.full_key(key)?;
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .body(AwsByteStream::from(data.clone()));
+        if create_only {
+            req = req.if_none_match("*");
+        }
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("PreconditionFailed") => {
+                anyhow::bail!(
+                    "s3://{}/{full} already exists; refusing to overwrite it",
+                    self.bucket
+                )
+            }
+            Err(e) if create_only && matches!(e.code(), Some("NotImplemented")) => {
+                // No conditional writes here: check, then write.
+                if self.exists(&full).await? {
+                    anyhow::bail!(
+                        "s3://{}/{full} already exists; refusing to overwrite it",
+                        self.bucket
+                    );
+                }
+                self.client
+                    .put_object()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .body(AwsByteStream::from(data))
+                    .send()
+                    .await
+                    .map_err(s3_error)
+                    .with_context(|| format!("writing s3://{}/{full}", self.bucket))?;
+                Ok(())
+            }
+            Err(e) => {
+                Err(s3_error(e)).with_context(|| format!("writing s3://{}/{full}", self.bucket))
+            }
+        }
+    }
+
+    async fn exists(&self, full: &str) -> anyhow::Result<bool> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
+            Err(e) => {
+                Err(s3_error(e)).with_context(|| format!("checking s3://{}/{full}", self.bucket))
+            }
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> anyhow::Result<Bytes> {
+        let full = self.full_key(key)?;
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(s3_error)
+            .with_context(|| format!("reading s3://{}/{full}", self.bucket))?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .with_context(|| format!("reading s3://{}/{full}", self.bucket))?;
+        Ok(data.into_bytes())
+    }
+
+    pub async fn get_stream(&self, key: &str) -> anyhow::Result<ByteStream> {
+        let full = self.full_key(key)?;
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(s3_error)
+            .with_context(|| format!("reading s3://{}/{full}", self.bucket))?;
+        let bucket = self.bucket.clone();
+        let stream = futures_util::stream::try_unfold(
+            (out.body, full, bucket),
+            |(mut body, full, bucket)| async move {
+                match body.try_next().await {
+                    Ok(Some(b)) => Ok(Some((b, (body, full, bucket)))),
+                    Ok(None) => Ok(None),
+                    Err(e) => {
+                        Err(anyhow::Error::new(e).context(format!("reading s3://{bucket}/{full}")))
+                    }
+                }
+            },
+        );
+        Ok(Box::pin(stream))
+    }
+
+    pub async fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectInfo>> {
+        let full_prefix = if self.prefix.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{}/{prefix}", self.prefix)
+        };
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&full_prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page
+                .map_err(s3_error)
+                .with_context(|| format!("listing {}", self.describe()))?;
+            for o in page.contents() {
+                if let Some(k) = o.key() {
+                    out.push(ObjectInfo {
+                        key: self.relative(k).to_string(),
+                        size: o.size().unwrap_or(0).max(0) as u64,
+                        modified: o.last_modified().and_then(to_time),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    pub async fn delete(&self, keys: &[String]) -> anyhow::Result<()> {
+        for key in keys {
+            let full = self.full_key(key)?;
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .send()
+                .await
+                .map_err(s3_error)
+                .with_context(|| format!("removing s3://{}/{full}", self.bucket))?;
+        }
+        Ok(())
+    }
+
+    pub async fn pending_uploads(&self) -> anyhow::Result<Vec<PendingUpload>> {
+        let mut out = Vec::new();
+        let mut req = self.client.list_multipart_uploads().bucket(&self.bucket);
+        if !self.prefix.is_empty() {
+            req = req.prefix(format!("{}/", self.prefix));
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(s3_error)
+            .with_context(|| format!("listing unfinished uploads in {}", self.describe()))?;
+        for u in resp.uploads() {
+            if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
+                out.push(PendingUpload {
+                    key: self.relative(k).to_string(),
+                    upload_id: id.to_string(),
+                    initiated: u.initiated().and_then(to_time),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn abort_pending(&self, upload: &PendingUpload) -> anyhow::Result<()> {
+        let full = self.full_key(&upload.key)?;
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full)
+            .upload_id(&upload.upload_id)
+            .send()
+            .await
+            .map_err(s3_error)
+            .with_context(|| format!("aborting the upload of s3://{}/{full}", self.bucket))?;
+        Ok(())
+    }
+}
+
+/// A multipart upload in progress.
+pub struct S3Upload {
+    client: Client,
+    bucket: String,
+    key: anyhow::Result<String>,
+    part_size: usize,
+    buffer: BytesMut,
+    upload_id: Option<String>,
+    in_flight: JoinSet<anyhow::Result<CompletedPart>>,
+    parts: Vec<CompletedPart>,
+    next_part: i32,
+    written: u64,
+    done: bool,
+}
+
+impl S3Upload {
+    fn key(&self) -> anyhow::Result<&str> {
+        self.key.as_deref().map_err(|e| anyhow::anyhow!("{e:#}"))
+    }
+
+    pub async fn write(&mut self, chunk: Bytes) -> anyhow::Result<()> {
+        self.written += chunk.len() as u64;
+        self.buffer.extend_from_slice(&chunk);
+        while self.buffer.len() >= self.part_size {
+            let part = self.buffer.split_to(self.part_size).freeze();
+            self.send_part(part).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_part(&mut self, data: Bytes) -> anyhow::Result<()> {
+        let key = self.key()?.to_string();
+        if self.upload_id.is_none() {
+            let created = self
+                .client
+                .create_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&key)
+                .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
+                .send()
+                .await
+                .map_err(s3_error)
+                .with_context(|| format!("starting the upload of s3://{}/{key}", self.bucket))?;
+            self.upload_id = Some(
+                created
+                    .upload_id()
+                    .context("S3 returned no upload id")?
+                    .to_string(),
+            );
+        }
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.collect_one().await?;
+        }
+        let number = self.next_part;
+        self.next_part += 1;
+        // Stay under S3's 10,000-part limit even when the size estimate was far off.
+        if (number as u64).is_multiple_of(MAX_PARTS / 4) {
+            self.part_size *= 2;
+        }
+        let (client, bucket, id) = (
+            self.client.clone(),
+            self.bucket.clone(),
+            self.upload_id.clone().unwrap_or_default(),
+        );
+        self.in_flight.spawn(async move {
+            let out = client
+                .upload_part()
+                .bucket(&bucket)
+                .key(&key)
+                .upload_id(id)
+                .part_number(number)
+                .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
+                .body(AwsByteStream::from(data))
+                .send()
+                .await
+                .map_err(s3_error)
+                .with_context(|| format!("uploading part {number} of s3://{bucket}/{key}"))?;
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
+                .build())
+        });
+        Ok(())
+    }
+
+    async fn collect_one(&mut self) -> anyhow::Result<()> {
+        if let Some(joined) = self.in_flight.join_next().await {
+            let part = joined.context("an upload task failed")??;
+            self.parts.push(part);
+        }
+        Ok(())
+    }
+
+    pub async fn finish(mut self) -> anyhow::Result<u64> {
+        let result = self.complete().await;
+        if result.is_err() {
+            self.abort_now().await;
+        }
+        self.done = true;
+        result
+    }
+
+    async fn complete(&mut self) -> anyhow::Result<u64> {
+        let key = self.key()?.to_string();
+        if self.upload_id.is_none() {
+            let data = std::mem::take(&mut self.buffer).freeze();
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .body(AwsByteStream::from(data))
+                .send()
+                .await
+                .map_err(s3_error)
+                .with_context(|| format!("writing s3://{}/{key}", self.bucket))?;
+            return Ok(self.written);
+        }
+        if !self.buffer.is_empty() {
+            let last = std::mem::take(&mut self.buffer).freeze();
+            self.send_part(last).await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.collect_one().await?;
+        }
+        self.parts.sort_by_key(|p| p.part_number());
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&key)
+            .upload_id(self.upload_id.clone().unwrap_or_default())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(std::mem::take(&mut self.parts)))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(s3_error)
+            .with_context(|| format!("completing the upload of s3://{}/{key}", self.bucket))?;
+        self.upload_id = None;
+        Ok(self.written)
+    }
+
+    async fn abort_now(&mut self) {
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
+        if let (Some(id), Ok(key)) = (self.upload_id.take(), self.key.as_ref()) {
+            if let Err(e) = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(id)
+                .send()
+                .await
+            {
+                tracing::warn!(
+                    "aborting the upload of s3://{}/{key}: {}",
+                    self.bucket,
+                    DisplayErrorContext(e)
+                );
+            }
+        }
+    }
+
+    pub async fn abort(mut self) {
+        self.abort_now().await;
+        self.done = true;
+    }
+}
+
+impl Drop for S3Upload {
+    fn drop(&mut self) {
+        // Cancelled (the task was dropped mid-upload): abort in the background.
+        if self.done {
+            return;
+        }
+        self.in_flight.abort_all();
+        if let (Some(id), Ok(key)) = (self.upload_id.take(), self.key.as_ref()) {
+            let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), key.clone());
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = client
+                        .abort_multipart_upload()
+                        .bucket(bucket)
+                        .key(key)
+                        .upload_id(id)
+                        .send()
+                        .await;
+                });
+            }
+        }
+    }
+}

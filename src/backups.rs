@@ -16,9 +16,6 @@ use crate::backup::read::pump;
 use crate::config::RetentionConfig;
 use crate::store::{ObjectInfo, PendingUpload, Store};
 
-/// How old an upload without a manifest must be before `prune` calls it abandoned.
-pub const INCOMPLETE_AFTER: time::Duration = time::Duration::hours(1);
-
 /// A folder in the store that has objects but no manifest.
 #[derive(Debug, Clone, Serialize)]
 pub struct Incomplete {
@@ -203,7 +200,9 @@ pub fn plan_prune(
             });
         }
     }
-    let old = |t: Option<OffsetDateTime>| t.is_some_and(|t| now - t > INCOMPLETE_AFTER);
+    let after =
+        time::Duration::seconds(retention.incomplete_after_secs.min(i64::MAX as u64) as i64);
+    let old = |t: Option<OffsetDateTime>| t.is_some_and(|t| now - t >= after);
     plan.incomplete = catalog
         .incomplete
         .iter()
@@ -339,6 +338,7 @@ mod tests {
         let retention = RetentionConfig {
             keep_last: Some(1),
             keep_daily: Some(2),
+            ..Default::default()
         };
         let now = time::macros::datetime!(2026-11-24 13:00 UTC);
         let plan = plan_prune(&catalog, vec![], &retention, now);

@@ -130,7 +130,7 @@ impl Default for BackupConfig {
     fn default() -> Self {
         BackupConfig {
             tables: Vec::new(),
-            zstd_level: 3,
+            zstd_level: 1,
             parallelism: 2,
         }
     }
@@ -148,11 +148,24 @@ pub struct ScheduleConfig {
 }
 
 /// `[retention]`: how many manual and scheduled backups `prune` keeps.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
     pub keep_last: Option<u32>,
     pub keep_daily: Option<u32>,
+    /// An upload without a manifest (or an unfinished multipart upload) older than this is
+    /// abandoned and `prune` removes it; younger ones may still be in progress.
+    pub incomplete_after_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            keep_last: None,
+            keep_daily: None,
+            incomplete_after_secs: 3600,
+        }
+    }
 }
 
 /// `[server]`: the daemon's HTTP endpoint.

@@ -203,43 +203,66 @@ pub async fn export_sequential(
     Ok(out)
 }
 
-/// Exports `specs` over `workers` extra connections that share `snapshot`.
+/// Exports tables from `specs` until none is left, taking the next index from `next`.
+async fn take_tables(
+    tx: &Transaction<'_>,
+    next: &AtomicUsize,
+    job: ExportJob<'_>,
+    specs: &[TableSpec],
+) -> anyhow::Result<Vec<(usize, TableEntry)>> {
+    let mut done = Vec::new();
+    loop {
+        let i = next.fetch_add(1, Ordering::SeqCst);
+        let Some(spec) = specs.get(i) else { break };
+        done.push((i, export_table(tx, job, spec).await?));
+    }
+    Ok(done)
+}
+
+/// Exports `specs` from `tx` itself plus `extra` worker connections that import its
+/// snapshot, so every table comes from the one snapshot `tx` holds.
 async fn export_parallel(
     db: &Database,
     settings: &DatabaseConfig,
-    snapshot: &str,
-    workers: usize,
+    tx: &Transaction<'_>,
+    extra: usize,
     job: ExportJob<'_>,
     specs: &[TableSpec],
 ) -> anyhow::Result<Vec<TableEntry>> {
+    let snapshot: String = tx
+        .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
+        .await
+        .pg(|| "exporting the snapshot for parallel workers")?
+        .get(0);
     let next = AtomicUsize::new(0);
     let worker = || async {
         let mut client = db.connect().await?;
         pin_session(&client, settings).await?;
-        let tx = client
+        let wtx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
             .read_only(true)
             .start()
             .await
             .pg(|| "starting an export worker")?;
-        tx.batch_execute(&format!(
+        wtx.batch_execute(&format!(
             "SET TRANSACTION SNAPSHOT {}",
-            crate::db::quote_literal(snapshot)
+            crate::db::quote_literal(&snapshot)
         ))
         .await
         .pg(|| "importing the backup snapshot")?;
-        let mut done = Vec::new();
-        loop {
-            let i = next.fetch_add(1, Ordering::SeqCst);
-            let Some(spec) = specs.get(i) else { break };
-            done.push((i, export_table(&tx, job, spec).await?));
-        }
-        tx.commit().await.pg(|| "ending an export worker")?;
+        let done = take_tables(&wtx, &next, job, specs).await?;
+        wtx.commit().await.pg(|| "ending an export worker")?;
         anyhow::Ok(done)
     };
-    let results = futures_util::future::try_join_all((0..workers).map(|_| worker())).await?;
-    let mut all: Vec<(usize, TableEntry)> = results.into_iter().flatten().collect();
+    let (own, others) = tokio::try_join!(
+        take_tables(tx, &next, job, specs),
+        futures_util::future::try_join_all((0..extra).map(|_| worker()))
+    )?;
+    let mut all: Vec<(usize, TableEntry)> = own
+        .into_iter()
+        .chain(others.into_iter().flatten())
+        .collect();
     all.sort_by_key(|(i, _)| *i);
     Ok(all.into_iter().map(|(_, e)| e).collect())
 }
@@ -317,12 +340,7 @@ pub async fn backup(
         progress: &progress,
     };
     let exported = if workers > 1 {
-        let snapshot: String = tx
-            .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
-            .await
-            .pg(|| "exporting the snapshot for parallel workers")?
-            .get(0);
-        export_parallel(db, settings, &snapshot, workers, job, &specs).await
+        export_parallel(db, settings, &tx, workers - 1, job, &specs).await
     } else {
         export_sequential(&tx, job, &specs).await
     };

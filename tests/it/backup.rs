@@ -643,5 +643,171 @@ async fn prune_applies_retention_and_removes_incomplete_uploads() {
         assert_eq!(keys, want, "{}", store.name());
         let r = p.run(&["restore", &ids[0]]);
         assert_eq!(r.code, 1, "{r}");
+
+        // An abandoned multipart upload, and a threshold of zero: both go now.
+        if let TestStore::S3 { bucket, prefix } = &store {
+            s3_client()
+                .create_multipart_upload()
+                .bucket(bucket)
+                .key(format!(
+                    "{prefix}/20200101T000000Z-manual-abcdef/public.tasks.csv.zst"
+                ))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(store.pending_uploads().await, 1);
+        }
+        p.set_section("retention", "keep_last = 1\nincomplete_after_secs = 0");
+        let r = p.ok(&["backups", "prune"]);
+        if expect_incomplete {
+            assert!(
+                r.stdout.contains(
+                    "aborted unfinished multipart upload of 20200101T000000Z-manual-abcdef"
+                ),
+                "{r}"
+            );
+        }
+        assert_eq!(store.pending_uploads().await, 0, "{}", store.name());
+        assert_eq!(
+            store.keys().await,
+            want[want.len() - 2..].to_vec(),
+            "{}",
+            store.name()
+        );
     }
+}
+
+#[tokio::test]
+async fn parallel_workers_share_one_snapshot_under_concurrent_writes() {
+    let db = TestDb::new().await;
+    let mut p = Project::empty(&db.url);
+    let store = TestStore::s3().await;
+    // Credentials from the config file this time, not the environment.
+    let e = s3_env();
+    p.set_section(
+        "storage",
+        &format!(
+            "{}\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"",
+            store.config(),
+            e.access_key,
+            e.secret_key
+        ),
+    );
+    p.set_section("backup", "parallelism = 2");
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE a (id bigint PRIMARY KEY, pad text);
+         CREATE TABLE b (id bigint PRIMARY KEY, pad text);
+         INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, 150000) g;
+         INSERT INTO b SELECT g, md5(g::text) FROM generate_series(1, 150000) g;",
+    )
+    .await
+    .unwrap();
+    // A writer that always adds the same id to both tables in one transaction.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (url, stop) = (db.url.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut w = connect(&url).await;
+            // Many small commits, so one lands between any two snapshots that differ.
+            w.batch_execute("SET synchronous_commit = off")
+                .await
+                .unwrap();
+            let mut id = 150_001i64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let tx = w.transaction().await.unwrap();
+                tx.execute("INSERT INTO a VALUES ($1, 'x')", &[&id])
+                    .await
+                    .unwrap();
+                tx.execute("INSERT INTO b VALUES ($1, 'x')", &[&id])
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                id += 1;
+            }
+            id
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut cmd = p.cmd(&["--json", "backup"]);
+    let r = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let written = writer.await.unwrap();
+    let r = Run::from(r);
+    assert_eq!(r.code, 0, "{r}");
+    let m: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let (ra, rb) = (
+        m["tables"][0]["rows"].as_u64().unwrap(),
+        m["tables"][1]["rows"].as_u64().unwrap(),
+    );
+    assert!(written > 150_001, "the writer never ran");
+    assert_eq!(ra, rb, "tables a and b come from different snapshots");
+    assert!(ra >= 150_000);
+}
+
+#[tokio::test]
+async fn manifests_are_created_once_and_never_overwritten() {
+    for store in TestStore::both().await {
+        let mut section = store.config();
+        if let TestStore::S3 { .. } = store {
+            let e = s3_env();
+            section.push_str(&format!(
+                "\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"",
+                e.access_key, e.secret_key
+            ));
+        }
+        let config: backstop::config::StorageConfig = toml::from_str(&section).unwrap();
+        let s = backstop::store::Store::open(&config, |p| p.to_path_buf())
+            .await
+            .unwrap();
+        s.check().await.unwrap();
+        let key = "20261124T000000Z-manual-aaaaaa/manifest.json";
+        s.put(key, bytes::Bytes::from_static(b"first"), true)
+            .await
+            .unwrap();
+        let err = s
+            .put(key, bytes::Bytes::from_static(b"second"), true)
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("already exists"),
+            "{}: {err:#}",
+            store.name()
+        );
+        assert_eq!(store.read(key).await, b"first", "{}", store.name());
+        // Keys that would leave the prefix are refused before any request.
+        assert!(s
+            .put("../escape", bytes::Bytes::new(), false)
+            .await
+            .is_err());
+        assert!(s.get("a/../../b").await.is_err());
+    }
+}
+
+#[tokio::test]
+async fn restore_from_an_unreachable_store_changes_nothing() {
+    let db = TestDb::new().await;
+    let mut p = Project::new(&db);
+    p.ok(&["upgrade"]);
+    db.client()
+        .await
+        .batch_execute(&seed_tasks(5))
+        .await
+        .unwrap();
+    p.set_section(
+        "storage",
+        "url = \"s3://nowhere/backups\"\nendpoint = \"http://127.0.0.1:1\"\nregion = \"us-east-1\"\nforce_path_style = true\naccess_key_id = \"k\"\nsecret_access_key = \"s\"",
+    );
+    let r = p.run(&[
+        "restore",
+        "20261124T000000Z-manual-abcdef",
+        "--mode",
+        "truncate",
+    ]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("20261124T000000Z-manual-abcdef"), "{r}");
+    assert_eq!(count(&db.client().await, "tasks").await, 5);
 }

@@ -110,9 +110,12 @@ ensure_seaweedfs() {
   master="$(free_port_pair)"; volume="$(free_port_pair)"; filer="$(free_port_pair)"; s3="$(free_port_pair)"
   local key="backstop-test-key" secret
   secret="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+  # A second identity may read but not write, for tests of failing uploads.
   cat > "$dir/s3.json" <<JSON
 {"identities":[{"name":"test","credentials":[{"accessKey":"$key","secretKey":"$secret"}],
-  "actions":["Admin","Read","List","Tagging","Write"]}]}
+  "actions":["Admin","Read","List","Tagging","Write"]},
+ {"name":"reader","credentials":[{"accessKey":"$key-ro","secretKey":"$secret-ro"}],
+  "actions":["Read","List"]}]}
 JSON
   log "starting SeaweedFS S3 on 127.0.0.1:$s3"
   "$weed" server -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \

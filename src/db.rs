@@ -442,6 +442,10 @@ impl From<tokio_postgres::Error> for PgError {
             if let Some(hint) = db.hint() {
                 message.push_str(&format!(" (hint: {hint})"));
             }
+            // For COPY this names the line and column of the offending row.
+            if let Some(place) = db.where_() {
+                message.push_str(&format!(" (at: {place})"));
+            }
             let position = match db.position() {
                 Some(tokio_postgres::error::ErrorPosition::Original(p)) => Some(*p),
                 _ => None,

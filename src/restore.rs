@@ -16,7 +16,7 @@ use futures_util::SinkExt;
 use serde::Serialize;
 use tokio_postgres::Transaction;
 
-use crate::backup::manifest::{check_backup_id, Manifest, TableEntry};
+use crate::backup::manifest::{check_backup_id, Manifest, Scope, TableEntry};
 use crate::backup::read::pump;
 use crate::backup::{identity, pin_session};
 use crate::config::DatabaseConfig;
@@ -236,6 +236,9 @@ pub async fn restore_tables(
         });
     }
     let targets = foreign_key_order(tx, targets).await?;
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
 
     // 2. Lock, and deal with rows already there.
     let names: Vec<&str> = targets.iter().map(|t| t.qualified.as_str()).collect();
@@ -338,6 +341,156 @@ pub async fn restore_tables(
         });
     }
     Ok(report)
+}
+
+/// Puts a pre-downgrade backup back inside `tx`, right after the up steps re-created its
+/// tables and columns: whole tables load with COPY, dropped columns come back by primary key.
+pub async fn restore_into(
+    tx: &Transaction<'_>,
+    store: &Store,
+    manifest: &Manifest,
+    skip: &[String],
+) -> anyhow::Result<crate::migrate::engine::Restored> {
+    let (wanted, skipped): (Vec<&TableEntry>, Vec<&TableEntry>) = manifest
+        .tables
+        .iter()
+        .partition(|t| !skip.contains(&t.name));
+    let whole: Vec<&TableEntry> = wanted
+        .iter()
+        .copied()
+        .filter(|t| t.scope == Scope::Table)
+        .collect();
+    let mut rows = 0;
+    let mut warnings = Vec::new();
+    let progress = Progress::hidden();
+    for t in restore_tables(tx, store, manifest, &whole, RestoreMode::Fail, &progress)
+        .await
+        .with_context(|| {
+            format!(
+                "restoring backup {} (skip a table with --restore-skip TABLE)",
+                manifest.id
+            )
+        })?
+    {
+        rows += t.rows;
+    }
+    for entry in wanted.iter().filter(|t| t.scope == Scope::Columns) {
+        let (loaded, matched) = restore_columns(tx, store, manifest, entry)
+            .await
+            .with_context(|| {
+                format!(
+                    "restoring backup {} (skip a table with --restore-skip TABLE)",
+                    manifest.id
+                )
+            })?;
+        if matched < loaded {
+            warnings.push(format!(
+                "{} of {loaded} backed-up rows of {} no longer exist, so their {} values were not put back",
+                loaded - matched,
+                entry.name,
+                entry.columns.iter().filter(|c| !entry.primary_key.contains(&c.name)).map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        rows += matched;
+    }
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(crate::migrate::engine::Restored {
+        backup_id: manifest.id.clone(),
+        tables: wanted.iter().map(|t| t.name.clone()).collect(),
+        rows,
+        skipped: skipped.iter().map(|t| t.name.clone()).collect(),
+        warnings,
+    })
+}
+
+/// Loads a column-level backup into a temporary table shaped like the target's columns, then
+/// `UPDATE ... FROM` it by primary key. Returns (rows loaded, rows matched).
+pub async fn restore_columns(
+    tx: &Transaction<'_>,
+    store: &Store,
+    manifest: &Manifest,
+    entry: &TableEntry,
+) -> anyhow::Result<(u64, u64)> {
+    let target = qualified(&manifest.schema, &entry.name);
+    let present: Vec<String> = tx
+        .query(
+            "SELECT a.attname::text FROM pg_catalog.pg_attribute a
+             JOIN pg_catalog.pg_class c ON c.oid = a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&manifest.schema, &entry.name],
+        )
+        .await
+        .pg(|| format!("reading the columns of {}", entry.name))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if present.is_empty() {
+        return usage(format!(
+            "table {} of backup {} does not exist after the upgrade",
+            entry.name, manifest.id
+        ));
+    }
+    if let Some(c) = entry.columns.iter().find(|c| !present.contains(&c.name)) {
+        return usage(format!(
+            "column {}.{} ({}) of backup {} does not exist after the upgrade; the re-applied schema no longer fits the backup",
+            entry.name, c.name, c.data_type, manifest.id
+        ));
+    }
+    let cols: Vec<String> = entry.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let temp = quote_ident(&format!("backstop_restore_{}", entry.name));
+    tx.batch_execute(&format!(
+        "CREATE TEMP TABLE {temp} ON COMMIT DROP AS SELECT {} FROM {target} WITH NO DATA",
+        cols.join(", ")
+    ))
+    .await
+    .pg(|| format!("preparing to restore the columns of {}", entry.name))?;
+    let sink = tx
+        .copy_in::<_, bytes::Bytes>(
+            format!(
+                "COPY {temp} ({}) FROM STDIN (FORMAT csv, HEADER)",
+                cols.join(", ")
+            )
+            .as_str(),
+        )
+        .await
+        .pg(|| format!("starting to load the columns of {}", entry.name))?;
+    let mut sink = std::pin::pin!(sink.sink_map_err(|e| anyhow::Error::new(PgError::from(e))));
+    let stats = pump(store, entry, sink.as_mut()).await?;
+    stats.check(entry)?;
+    let loaded = sink
+        .as_mut()
+        .get_pin_mut()
+        .finish()
+        .await
+        .pg(|| format!("loading the columns of {}", entry.name))?;
+    let set: Vec<String> = entry
+        .columns
+        .iter()
+        .filter(|c| !entry.primary_key.contains(&c.name))
+        .map(|c| format!("{0} = s.{0}", quote_ident(&c.name)))
+        .collect();
+    let on: Vec<String> = entry
+        .primary_key
+        .iter()
+        .map(|k| format!("t.{0} = s.{0}", quote_ident(k)))
+        .collect();
+    let matched = tx
+        .execute(
+            &format!(
+                "UPDATE {target} AS t SET {} FROM {temp} AS s WHERE {}",
+                set.join(", "),
+                on.join(" AND ")
+            ),
+            &[],
+        )
+        .await
+        .pg(|| format!("putting the columns of {} back", entry.name))?;
+    tx.batch_execute(&format!("DROP TABLE {temp}"))
+        .await
+        .pg(|| "dropping the temporary table")?;
+    Ok((loaded, matched))
 }
 
 /// Orders targets so referenced tables load before the tables that reference them.

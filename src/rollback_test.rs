@@ -241,6 +241,8 @@ async fn procedure(
         dry_run: false,
         allow_drift: false,
         allow_data_loss: true,
+        restore: None,
+        restore_skip: Vec::new(),
     };
 
     // 1. Apply every migration from empty, one step at a time.

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_postgres::Transaction;
 
-use super::manifest::{ColumnEntry, Manifest, SequenceEntry, TableEntry};
+use super::manifest::{ColumnEntry, Manifest, Scope, SequenceEntry, TableEntry};
 use crate::db::{qualified, quote_ident, PgContext};
 use crate::progress::Progress;
 use crate::store::Store;
@@ -27,6 +27,7 @@ const CHANNEL_DEPTH: usize = 4;
 /// A table as the catalog describes it at backup time.
 #[derive(Debug, Clone)]
 pub struct TableSpec {
+    pub scope: Scope,
     pub schema: String,
     pub name: String,
     /// Every column except generated ones, which restore recomputes.
@@ -142,6 +143,7 @@ pub async fn export_table(
     }
     Ok(TableEntry {
         name: spec.name.clone(),
+        scope: spec.scope,
         columns: spec.columns.clone(),
         primary_key: spec.primary_key.clone(),
         rows,

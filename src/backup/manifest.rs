@@ -70,10 +70,23 @@ pub struct SequenceEntry {
     pub is_called: bool,
 }
 
+/// How much of a table an object holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    #[default]
+    Table,
+    Columns,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableEntry {
     pub name: String,
+    /// `table`: every column; `columns`: the primary key plus columns a downgrade drops or
+    /// retypes, which a restore puts back by key into rows that exist again.
+    #[serde(default)]
+    pub scope: Scope,
     /// The CSV's columns, in header order.
     pub columns: Vec<ColumnEntry>,
     pub primary_key: Vec<String>,
@@ -274,6 +287,7 @@ mod tests {
             zstd_level: 3,
             tables: vec![TableEntry {
                 name: "tasks".into(),
+                scope: Scope::Table,
                 columns: vec![ColumnEntry {
                     name: "id".into(),
                     data_type: "integer".into(),

@@ -29,6 +29,16 @@ use manifest::{
     MANIFEST_FORMAT,
 };
 
+/// The value settings of [`pin_session`] for one transaction (`SET LOCAL`), for exports and
+/// restores that run inside a migration's transaction.
+pub const EXPORT_SETTINGS: &str = "SET LOCAL DateStyle = ISO; SET LOCAL IntervalStyle = postgres;
+     SET LOCAL extra_float_digits = 3; SET LOCAL client_encoding = 'UTF8'; SET LOCAL bytea_output = 'hex'";
+
+/// Puts the migration session's own settings back for the SQL that follows.
+pub const RESET_EXPORT_SETTINGS: &str =
+    "SET LOCAL DateStyle TO DEFAULT; SET LOCAL IntervalStyle TO DEFAULT;
+     SET LOCAL extra_float_digits TO DEFAULT; SET LOCAL bytea_output TO DEFAULT";
+
 /// Pins the settings that change how values print and parse, as pg_dump does, so the CSV
 /// written by one session reads back identically in another (guarantee 6).
 pub async fn pin_session(client: &Client, settings: &DatabaseConfig) -> anyhow::Result<()> {
@@ -149,6 +159,7 @@ pub async fn describe_tables(
             });
         }
         specs.push(TableSpec {
+            scope: manifest::Scope::Table,
             schema: schema.to_string(),
             name,
             columns,
@@ -305,6 +316,18 @@ pub async fn backup(
     store: &Store,
     request: &BackupRequest,
 ) -> anyhow::Result<Manifest> {
+    backup_with_target(db, settings, config, store, request, None).await
+}
+
+/// [`backup`], recording the revision a downgrade is about to go to.
+pub async fn backup_with_target(
+    db: &Database,
+    settings: &DatabaseConfig,
+    config: &BackupConfig,
+    store: &Store,
+    request: &BackupRequest,
+    target_revision: Option<String>,
+) -> anyhow::Result<Manifest> {
     store.check().await?;
     let mut client = db.connect().await?;
     pin_session(&client, settings).await?;
@@ -365,7 +388,7 @@ pub async fn backup(
         database: identity,
         schema: settings.schema.clone(),
         revision,
-        target_revision: None,
+        target_revision,
         zstd_level: config.zstd_level,
         tables,
     };

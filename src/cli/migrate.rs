@@ -18,6 +18,13 @@ pub struct UpgradeArgs {
     /// Go on although an applied up.sql changed since it ran
     #[arg(long)]
     pub allow_drift: bool,
+    /// Put back the data of the pre-downgrade backup (latest, or a backup id) in the same
+    /// transaction as the up steps
+    #[arg(long, value_name = "latest|BACKUP_ID", num_args = 0..=1, default_missing_value = "latest")]
+    pub restore: Option<String>,
+    /// With --restore: leave this table of the backup out (repeatable)
+    #[arg(long, value_name = "TABLE", requires = "restore")]
+    pub restore_skip: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -46,7 +53,7 @@ pub struct StampArgs {
 }
 
 pub async fn current(ctx: &Ctx) -> anyhow::Result<Output> {
-    let status = ctx.engine()?.status().await?;
+    let status = ctx.engine().await?.status().await?;
     let label = status.current_label();
     let json = serde_json::json!({
         "current": status.current,
@@ -63,7 +70,7 @@ pub async fn current(ctx: &Ctx) -> anyhow::Result<Output> {
 }
 
 pub async fn history(ctx: &Ctx) -> anyhow::Result<Output> {
-    let status = ctx.engine()?.status().await?;
+    let status = ctx.engine().await?.status().await?;
     let mut text = String::new();
     if status.entries.is_empty() {
         text.push_str("no migrations\n");
@@ -108,12 +115,15 @@ pub async fn history(ctx: &Ctx) -> anyhow::Result<Output> {
 pub async fn upgrade(ctx: &Ctx, args: UpgradeArgs) -> anyhow::Result<Output> {
     let target: UpTarget = args.target.parse()?;
     let report = ctx
-        .engine()?
+        .engine()
+        .await?
         .migrate(&MigrateRequest {
             target: Target::Up(target),
             dry_run: args.dry_run,
             allow_drift: args.allow_drift,
             allow_data_loss: false,
+            restore: args.restore,
+            restore_skip: args.restore_skip,
         })
         .await?;
     let text = render(&report);
@@ -126,12 +136,15 @@ pub async fn downgrade(ctx: &Ctx, args: DowngradeArgs) -> anyhow::Result<Output>
         return usage("--no-backup and --allow-data-loss go together");
     }
     let report = ctx
-        .engine()?
+        .engine()
+        .await?
         .migrate(&MigrateRequest {
             target: Target::Down(target),
             dry_run: args.dry_run,
             allow_drift: args.allow_drift,
             allow_data_loss: args.allow_data_loss,
+            restore: None,
+            restore_skip: Vec::new(),
         })
         .await?;
     let text = render(&report);
@@ -139,7 +152,7 @@ pub async fn downgrade(ctx: &Ctx, args: DowngradeArgs) -> anyhow::Result<Output>
 }
 
 pub async fn stamp(ctx: &Ctx, args: StampArgs) -> anyhow::Result<Output> {
-    let report = ctx.engine()?.stamp(&args.target).await?;
+    let report = ctx.engine().await?.stamp(&args.target).await?;
     let text = format!(
         "stamped {}: {} -> {} (no SQL was run)\n",
         report.database,
@@ -178,11 +191,12 @@ fn render(report: &MigrateReport) -> String {
                 if step.no_transaction {
                     ", outside a transaction"
                 } else {
-                    ", in one transaction"
+                    ""
                 },
                 step.sql.trim_end()
             ));
         }
+        render_protection(report, &mut s);
         return s;
     }
     for step in &report.applied {
@@ -195,6 +209,58 @@ fn render(report: &MigrateReport) -> String {
             step.revision, step.duration_ms
         ));
     }
+    render_protection(report, &mut s);
+    for r in &report.restored {
+        s.push_str(&format!(
+            "restored {} row(s) of {} from backup {}\n",
+            r.rows,
+            r.tables.join(", "),
+            r.backup_id
+        ));
+        if !r.skipped.is_empty() {
+            s.push_str(&format!("  skipped: {}\n", r.skipped.join(", ")));
+        }
+        for w in &r.warnings {
+            s.push_str(&format!("  note: {w}\n"));
+        }
+    }
     s.push_str(&format!("current: {}\n", report.current));
     s
+}
+
+fn render_protection(report: &MigrateReport, s: &mut String) {
+    let Some(p) = &report.protection else { return };
+    if p.whole_schema {
+        s.push_str(
+            "a step cannot run in a transaction, so every table of the schema is backed up first\n",
+        );
+    }
+    if p.losses.is_empty() && !p.whole_schema {
+        s.push_str("\nthe downgrade destroys no data, so it needs no backup\n");
+    }
+    if !p.losses.is_empty() {
+        s.push_str(&format!(
+            "\n{} back up before the down SQL runs:\n",
+            if report.dry_run { "would" } else { "did" }
+        ));
+        for l in &p.losses {
+            let what = if l.columns.is_empty() {
+                "whole table".to_string()
+            } else {
+                format!("primary key + {}", l.columns.join(", "))
+            };
+            s.push_str(&format!(
+                "  {}: {what} ({}), {} row(s), ~{}\n",
+                l.table,
+                l.reason,
+                l.rows.unwrap_or(0),
+                crate::backups::human_bytes(l.estimated_bytes.max(0) as u64)
+            ));
+        }
+    }
+    if let Some(id) = &p.backup_id {
+        s.push_str(&format!(
+            "backup {id} written before the downgrade committed\n"
+        ));
+    }
 }

@@ -114,13 +114,15 @@ impl Ctx {
         MigrationSet::load(&loaded.migrations_dir())
     }
 
-    fn engine(&self) -> anyhow::Result<Engine> {
+    async fn engine(&self) -> anyhow::Result<Engine> {
         let loaded = self.load()?;
+        let store = self.store(&loaded).await?;
         Ok(Engine::new(
             self.database(&loaded)?,
             loaded.config.database.clone(),
             self.migrations(&loaded)?,
-        ))
+        )
+        .with_store(store, loaded.config.backup.clone()))
     }
 }
 

@@ -6,18 +6,32 @@ use anyhow::Context;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
+use super::protect::{column_spec, find_losses, lock_and_measure, Loss};
 use super::source::{Migration, MigrationSet, Script};
-use crate::config::DatabaseConfig;
+use crate::backup::export::ExportJob;
+use crate::backup::manifest::{new_backup_id, Kind, Manifest, Scope, MANIFEST_FORMAT};
+use crate::backup::{
+    describe_tables, discard, export_sequential, write_manifest, BackupRequest, EXPORT_SETTINGS,
+    RESET_EXPORT_SETTINGS,
+};
+use crate::config::{BackupConfig, DatabaseConfig};
 use crate::db::{qualified, quote_ident, Database, PgContext, PgError};
 use crate::error::{refused, usage, Error};
+use crate::progress::Progress;
+use crate::restore::{load_manifest, restore_into};
+use crate::store::Store;
 
 /// The bookkeeping table, created in the configured schema on first use.
 pub const BOOKKEEPING_TABLE: &str = "backstop_migrations";
 
-/// backstop's own tables, left out of schema snapshots and "is this database empty" checks.
-pub const OWN_TABLES: &[&str] = &[BOOKKEEPING_TABLE];
+/// Every backed-up downgrade, written in the downgrade's own transaction, so a backup
+/// whose downgrade committed can be told from one whose downgrade never happened.
+pub const DOWNGRADES_TABLE: &str = "backstop_downgrades";
+
+/// backstop's own tables, left out of schema snapshots, backups and emptiness checks.
+pub const OWN_TABLES: &[&str] = &[BOOKKEEPING_TABLE, DOWNGRADES_TABLE];
 
 /// Where `upgrade` should go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +101,10 @@ pub struct MigrateRequest {
     pub allow_drift: bool,
     /// Downgrade without a backup; the caller has said that losing the data is acceptable.
     pub allow_data_loss: bool,
+    /// `upgrade --restore`: `latest`, or a backup id.
+    pub restore: Option<String>,
+    /// Tables of the backup to leave out of `--restore`.
+    pub restore_skip: Vec<String>,
 }
 
 /// One row of `backstop_migrations`.
@@ -272,6 +290,27 @@ pub struct StepReport {
     pub duration_ms: u64,
 }
 
+/// What a protected downgrade found and saved.
+#[derive(Debug, Clone, Serialize)]
+pub struct Protection {
+    /// Every table the down SQL takes data from, with the rows it holds.
+    pub losses: Vec<crate::migrate::protect::Loss>,
+    /// The pre-downgrade backup; `None` when nothing with rows would be lost.
+    pub backup_id: Option<String>,
+    /// Set when a step cannot run in a transaction and every table was backed up first.
+    pub whole_schema: bool,
+}
+
+/// One backup put back by `upgrade --restore`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Restored {
+    pub backup_id: String,
+    pub tables: Vec<String>,
+    pub rows: u64,
+    pub skipped: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
 /// The outcome of `upgrade`/`downgrade`.
 #[derive(Debug, Clone, Serialize)]
 pub struct MigrateReport {
@@ -281,6 +320,8 @@ pub struct MigrateReport {
     pub applied: Vec<StepReport>,
     /// The revision after the run (for a dry run: unchanged).
     pub current: String,
+    pub protection: Option<Protection>,
+    pub restored: Vec<Restored>,
 }
 
 /// The outcome of `stamp`.
@@ -335,11 +376,27 @@ pub struct Engine {
     pub db: Database,
     pub settings: DatabaseConfig,
     pub set: MigrationSet,
+    /// Where pre-downgrade backups go and `--restore` reads from.
+    pub store: Option<Store>,
+    pub backup: BackupConfig,
 }
 
 impl Engine {
     pub fn new(db: Database, settings: DatabaseConfig, set: MigrationSet) -> Engine {
-        Engine { db, settings, set }
+        Engine {
+            db,
+            settings,
+            set,
+            store: None,
+            backup: BackupConfig::default(),
+        }
+    }
+
+    /// Downgrades back up to `store` first; `upgrade --restore` reads from it.
+    pub fn with_store(mut self, store: Store, backup: BackupConfig) -> Engine {
+        self.store = Some(store);
+        self.backup = backup;
+        self
     }
 
     fn schema(&self) -> &str {
@@ -579,23 +636,23 @@ impl Engine {
             current: status.current_label(),
             plan,
             applied: Vec::new(),
+            protection: None,
+            restored: Vec::new(),
         };
+        let down = report.plan.direction == Direction::Down;
+        if down && !request.allow_data_loss && !report.plan.steps.is_empty() {
+            if report.plan.steps.iter().any(|s| s.no_transaction) {
+                return self.downgrade_after_full_backup(client, report).await;
+            }
+            return self.protected_downgrade(client, report).await;
+        }
         if request.dry_run || report.plan.steps.is_empty() {
             return Ok(report);
         }
-        if report.plan.direction == Direction::Down && !request.allow_data_loss {
-            let names: Vec<_> = report
-                .plan
-                .steps
-                .iter()
-                .map(|s| s.revision.as_str())
-                .collect();
-            return refused(format!(
-                "downgrade would run down.sql of {}, which can drop tables and columns with their data, and this version of backstop cannot back them up first; nothing was changed. Run `backstop downgrade ... --dry-run` to see the SQL, and pass --no-backup --allow-data-loss only if losing that data is acceptable",
-                names.join(", ")
-            ));
-        }
         self.ensure_bookkeeping(client).await?;
+        if !down && request.restore.is_some() {
+            return self.upgrade_with_restore(client, report, request).await;
+        }
         let mut previous = report.plan.from.clone();
         for step in &report.plan.steps {
             let outcome = self
@@ -622,6 +679,406 @@ impl Engine {
         Ok(report)
     }
 
+    fn store(&self) -> anyhow::Result<&Store> {
+        match &self.store {
+            Some(s) => Ok(s),
+            None => refused("no backup store is configured, so the downgrade cannot back up the data it drops; nothing was changed"),
+        }
+    }
+
+    /// Guarantee 1: plan, lock, export and write the manifest, then run the down SQL and
+    /// the bookkeeping, all in one transaction; any failure rolls everything back.
+    async fn protected_downgrade(
+        &self,
+        client: &mut Client,
+        mut report: MigrateReport,
+    ) -> anyhow::Result<MigrateReport> {
+        let store = self.store()?;
+        let schema = self.schema().to_string();
+        if !report.dry_run {
+            if let Err(e) = store.check().await {
+                return refused(format!(
+                    "the downgrade needs a usable backup store and {} is not ({e:#}); nothing was changed",
+                    store.describe()
+                ));
+            }
+            self.ensure_bookkeeping(client).await?;
+        }
+        let from = report.plan.from.clone();
+        let stays_at = format!(
+            "the downgrade was rolled back; the database stays at revision {}",
+            from.as_deref().unwrap_or("(none)")
+        );
+        let tx = client.transaction().await.pg(|| "starting the downgrade")?;
+        let mut losses = find_losses(&tx, &schema, &report.plan.steps)
+            .await
+            .context(stays_at.clone())?;
+        lock_and_measure(&tx, &schema, &mut losses)
+            .await
+            .context(stays_at.clone())?;
+        let mut protection = Protection {
+            losses,
+            backup_id: None,
+            whole_schema: false,
+        };
+        if report.dry_run {
+            report.protection = Some(protection);
+            return Ok(report); // dropping the transaction rolls it back
+        }
+        let at_risk: Vec<&Loss> = protection
+            .losses
+            .iter()
+            .filter(|l| l.rows.unwrap_or(0) > 0)
+            .collect();
+        if at_risk.is_empty() {
+            tracing::info!("the downgrade destroys no rows, so it needs no backup");
+        } else {
+            let id = self
+                .export_losses(&tx, store, &at_risk, from.clone(), report.plan.to.clone())
+                .await
+                .map_err(|e| {
+                    anyhow::Error::new(crate::error::Error::Refused(format!(
+                        "the downgrade was refused because its backup failed: {e:#}; nothing was changed"
+                    )))
+                })?;
+            tracing::info!("backed up {} table(s) as {id}", at_risk.len());
+            protection.backup_id = Some(id);
+        }
+        for step in &report.plan.steps {
+            let started = Instant::now();
+            tracing::info!("reverting {} (down.sql)", step.revision);
+            tx.batch_execute(&step.sql)
+                .await
+                .map_err(|e| self.step_error(e, "down.sql", step))
+                .context(stays_at.clone())?;
+            self.record(&tx, Direction::Down, step, started.elapsed())
+                .await?;
+            report.applied.push(StepReport {
+                revision: step.revision.clone(),
+                direction: Direction::Down,
+                duration_ms: started.elapsed().as_millis() as u64,
+            });
+        }
+        if let Some(id) = &protection.backup_id {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {} (backup_id, from_revision, to_revision) VALUES ($1, $2, $3)",
+                    qualified(&schema, DOWNGRADES_TABLE)
+                ),
+                &[id, &from, &report.plan.to],
+            )
+            .await
+            .pg(|| "recording the downgrade's backup")?;
+        }
+        tx.commit()
+            .await
+            .pg(|| "committing the downgrade")
+            .context(stays_at)?;
+        report.protection = Some(protection);
+        report.current = self.status_with(&*client).await?.current_label();
+        Ok(report)
+    }
+
+    /// Exports what `losses` would destroy from `tx`'s view and writes the manifest.
+    async fn export_losses(
+        &self,
+        tx: &Transaction<'_>,
+        store: &Store,
+        losses: &[&Loss],
+        revision: Option<String>,
+        target: Option<String>,
+    ) -> anyhow::Result<String> {
+        let schema = self.schema();
+        tx.batch_execute(EXPORT_SETTINGS)
+            .await
+            .pg(|| "pinning the export settings")?;
+        let mut specs = Vec::new();
+        for loss in losses {
+            let whole = describe_tables(tx, schema, std::slice::from_ref(&loss.table))
+                .await?
+                .pop()
+                .context("the table vanished while planning")?;
+            let spec = match loss.scope {
+                Scope::Table => Some(whole),
+                Scope::Columns => column_spec(loss, &whole),
+            };
+            specs.extend(spec);
+        }
+        let identity = crate::backup::identity(tx.client()).await?;
+        let id = new_backup_id(Kind::PreDowngrade, time::OffsetDateTime::now_utc());
+        let progress = Progress::hidden();
+        let job = ExportJob {
+            store,
+            backup_id: &id,
+            zstd_level: self.backup.zstd_level,
+            progress: &progress,
+        };
+        let tables = match export_sequential(tx, job, &specs).await {
+            Ok(t) => t,
+            Err(e) => {
+                discard(store, &id).await;
+                return Err(e);
+            }
+        };
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            id: id.clone(),
+            kind: Kind::PreDowngrade,
+            label: None,
+            created_at: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            database: identity,
+            schema: schema.to_string(),
+            revision,
+            target_revision: target,
+            zstd_level: self.backup.zstd_level,
+            tables,
+        };
+        if let Err(e) = write_manifest(store, &manifest).await {
+            discard(store, &id).await;
+            return Err(e);
+        }
+        tx.batch_execute(RESET_EXPORT_SETTINGS)
+            .await
+            .pg(|| "restoring the session settings")?;
+        Ok(id)
+    }
+
+    /// A step that cannot run in a transaction cannot be planned in a savepoint: back up
+    /// every table of the schema first, then downgrade step by step.
+    async fn downgrade_after_full_backup(
+        &self,
+        client: &mut Client,
+        mut report: MigrateReport,
+    ) -> anyhow::Result<MigrateReport> {
+        let store = self.store()?;
+        let names: Vec<&str> = report
+            .plan
+            .steps
+            .iter()
+            .filter(|s| s.no_transaction)
+            .map(|s| s.revision.as_str())
+            .collect();
+        tracing::warn!(
+            "{} cannot run in a transaction (backstop:no-transaction), so every table of schema {} is backed up first",
+            names.join(", "),
+            self.schema()
+        );
+        if report.dry_run {
+            report.protection = Some(Protection {
+                losses: Vec::new(),
+                backup_id: None,
+                whole_schema: true,
+            });
+            return Ok(report);
+        }
+        let request = BackupRequest {
+            kind: Kind::PreDowngrade,
+            tables: Vec::new(),
+            label: None,
+            show_progress: false,
+        };
+        let mut all = BackupConfig {
+            tables: Vec::new(),
+            ..self.backup.clone()
+        };
+        all.parallelism = all.parallelism.max(1);
+        let manifest = crate::backup::backup_with_target(
+            &self.db,
+            &self.settings,
+            &all,
+            store,
+            &request,
+            report.plan.to.clone(),
+        )
+        .await
+        .map_err(|e| {
+            anyhow::Error::new(crate::error::Error::Refused(format!(
+                "the downgrade was refused because its backup failed: {e:#}; nothing was changed"
+            )))
+        })?;
+        self.ensure_bookkeeping(client).await?;
+        for step in &report.plan.steps {
+            let done = self.run_step(client, Direction::Down, step).await?;
+            report.applied.push(done);
+        }
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {} (backup_id, from_revision, to_revision) VALUES ($1, $2, $3)",
+                    qualified(self.schema(), DOWNGRADES_TABLE)
+                ),
+                &[&manifest.id, &report.plan.from, &report.plan.to],
+            )
+            .await
+            .pg(|| "recording the downgrade's backup")?;
+        report.protection = Some(Protection {
+            losses: Vec::new(),
+            backup_id: Some(manifest.id),
+            whole_schema: true,
+        });
+        report.current = self.status_with(&*client).await?.current_label();
+        Ok(report)
+    }
+
+    /// `upgrade --restore`: the up steps and the data of the pre-downgrade backups that
+    /// cover them, in one transaction, so schema and data come back together or not at all.
+    async fn upgrade_with_restore(
+        &self,
+        client: &mut Client,
+        mut report: MigrateReport,
+        request: &MigrateRequest,
+    ) -> anyhow::Result<MigrateReport> {
+        let store = self.store()?;
+        let schema = self.schema().to_string();
+        if let Some(s) = report.plan.steps.iter().find(|s| s.no_transaction) {
+            return usage(format!(
+                "{} cannot run in a transaction, so --restore cannot load the data in the same transaction; upgrade past it first",
+                s.revision
+            ));
+        }
+        let stays_at = format!(
+            "the upgrade was rolled back; the database stays at revision {}",
+            report.plan.from.as_deref().unwrap_or("(none)")
+        );
+        let downgrades = self.open_downgrades(client).await?;
+        let tx = client.transaction().await.pg(|| "starting the upgrade")?;
+        let mut current = report.plan.from.clone();
+        let mut i = 0;
+        let steps = report.plan.steps.clone();
+        let mut used: Vec<String> = Vec::new();
+        while i < steps.len() {
+            let explicit = request
+                .restore
+                .as_deref()
+                .filter(|r| *r != "latest" && i == 0);
+            let chosen = match explicit {
+                Some(id) => Some(id.to_string()),
+                None => downgrades
+                    .iter()
+                    .find(|(id, to)| to == &current && !used.contains(id))
+                    .map(|(id, _)| id.clone()),
+            };
+            if i == 0 && chosen.is_none() {
+                return usage(format!(
+                    "no pre-downgrade backup was taken when this database was downgraded to {}; `backstop backups list` shows the backups, or upgrade without --restore",
+                    current.as_deref().unwrap_or("(none)")
+                ));
+            }
+            let manifest = match &chosen {
+                Some(id) => {
+                    let m = load_manifest(store, id).await?;
+                    if m.kind != Kind::PreDowngrade || m.target_revision != current {
+                        return usage(format!(
+                            "backup {id} was taken when downgrading to {}, but the database is at {}; pick the backup of that downgrade",
+                            m.target_revision.as_deref().unwrap_or("(none)"),
+                            current.as_deref().unwrap_or("(none)")
+                        ));
+                    }
+                    Some(m)
+                }
+                None => None,
+            };
+            let end = match manifest.as_ref().and_then(|m| m.revision.as_ref()) {
+                Some(rev) => steps
+                    .iter()
+                    .position(|s| &s.revision == rev)
+                    .unwrap_or(steps.len() - 1)
+                    .max(i),
+                None => i,
+            };
+            for step in &steps[i..=end] {
+                let started = Instant::now();
+                tracing::info!("applying {} (up.sql)", step.revision);
+                tx.batch_execute(&step.sql)
+                    .await
+                    .map_err(|e| self.step_error(e, "up.sql", step))
+                    .context(stays_at.clone())?;
+                self.record(&tx, Direction::Up, step, started.elapsed())
+                    .await?;
+                report.applied.push(StepReport {
+                    revision: step.revision.clone(),
+                    direction: Direction::Up,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+            if let Some(m) = manifest {
+                tx.batch_execute(EXPORT_SETTINGS)
+                    .await
+                    .pg(|| "pinning the restore settings")?;
+                let done = restore_into(&tx, store, &m, &request.restore_skip)
+                    .await
+                    .context(stays_at.clone())?;
+                tx.batch_execute(RESET_EXPORT_SETTINGS)
+                    .await
+                    .pg(|| "restoring the session settings")?;
+                tx.execute(
+                    &format!(
+                        "UPDATE {} SET restored_at = now() WHERE backup_id = $1",
+                        qualified(&schema, DOWNGRADES_TABLE)
+                    ),
+                    &[&m.id],
+                )
+                .await
+                .pg(|| "recording the restore")?;
+                used.push(m.id.clone());
+                report.restored.push(done);
+            }
+            current = Some(steps[end].revision.clone());
+            i = end + 1;
+        }
+        tx.commit()
+            .await
+            .pg(|| "committing the upgrade")
+            .context(stays_at)?;
+        report.current = self.status_with(&*client).await?.current_label();
+        Ok(report)
+    }
+
+    /// Backed-up downgrades not yet restored, newest first: (backup id, revision gone to).
+    async fn open_downgrades(
+        &self,
+        client: &Client,
+    ) -> anyhow::Result<Vec<(String, Option<String>)>> {
+        Ok(client
+            .query(
+                &format!(
+                    "SELECT backup_id, to_revision FROM {} WHERE restored_at IS NULL ORDER BY downgraded_at DESC, backup_id DESC",
+                    qualified(self.schema(), DOWNGRADES_TABLE)
+                ),
+                &[],
+            )
+            .await
+            .pg(|| "reading the recorded downgrades")?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    fn step_error(
+        &self,
+        e: tokio_postgres::Error,
+        file: &str,
+        step: &PlannedStep,
+    ) -> anyhow::Error {
+        let pg = PgError::from(e);
+        let place = pg
+            .line_in(&step.sql)
+            .map(|l| format!(" at line {l}"))
+            .unwrap_or_default();
+        if pg.code.as_ref() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+            anyhow::anyhow!(
+                "{file} of {} waited more than {}s for a lock held by another session ({}); retry when the table is idle or raise [database] lock_timeout_secs",
+                step.revision,
+                self.settings.lock_timeout_secs,
+                pg.message
+            )
+        } else {
+            anyhow::anyhow!("{file} of {} failed{place}: {}", step.revision, pg.message)
+        }
+    }
+
     async fn run_step(
         &self,
         client: &mut Client,
@@ -642,25 +1099,12 @@ impl Engine {
         );
         let started = Instant::now();
         let explain = |e: tokio_postgres::Error| -> anyhow::Error {
-            let pg = PgError::from(e);
-            let place = pg
-                .line_in(&step.sql)
-                .map(|l| format!(" at line {l}"))
-                .unwrap_or_default();
-            let what = if pg.code.as_ref() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
-                format!(
-                    "{file} of {} waited more than {}s for a lock held by another session ({}); retry when the table is idle or raise [database] lock_timeout_secs",
-                    step.revision, self.settings.lock_timeout_secs, pg.message
-                )
-            } else {
-                format!("{file} of {} failed{place}: {}", step.revision, pg.message)
-            };
             let after = if step.no_transaction {
                 "; it ran outside a transaction (backstop:no-transaction), so part of it may have been applied: check the schema by hand"
             } else {
                 "; the step was rolled back"
             };
-            anyhow::anyhow!("{what}{after}")
+            anyhow::anyhow!("{:#}{after}", self.step_error(e, file, step))
         };
         if step.no_transaction {
             client.batch_execute(&step.sql).await.map_err(explain)?;
@@ -734,9 +1178,17 @@ impl Engine {
                      checksum text NOT NULL,
                      applied_at timestamptz NOT NULL DEFAULT now(),
                      duration_ms bigint NOT NULL DEFAULT 0
+                 );
+                 CREATE TABLE IF NOT EXISTS {downgrades} (
+                     backup_id text PRIMARY KEY,
+                     from_revision text,
+                     to_revision text,
+                     downgraded_at timestamptz NOT NULL DEFAULT now(),
+                     restored_at timestamptz
                  )",
                 schema = quote_ident(self.schema()),
-                table = self.table()
+                table = self.table(),
+                downgrades = qualified(self.schema(), DOWNGRADES_TABLE)
             ))
             .await
             .pg(|| format!("creating {}", self.table()))

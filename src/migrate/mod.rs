@@ -6,6 +6,7 @@
 //! plan the execution would follow.
 
 pub mod engine;
+pub mod protect;
 pub mod source;
 
 pub use engine::{

@@ -4,6 +4,7 @@
 mod backup;
 mod common;
 mod config;
+mod downgrade;
 mod migrate;
 mod rollback_test;
 mod schema;

@@ -168,14 +168,20 @@ async fn relative_and_named_targets() {
         "--allow-data-loss",
     ]);
     assert_eq!(recorded(&c).await, ["001_initial"]);
-    assert_eq!(tables(&c).await, ["backstop_migrations", "tasks"]);
+    assert_eq!(
+        tables(&c).await,
+        ["backstop_downgrades", "backstop_migrations", "tasks"]
+    );
     p.ok(&["upgrade"]);
     p.ok(&["downgrade", "-2", "--no-backup", "--allow-data-loss"]);
     assert_eq!(recorded(&c).await, ["001_initial"]);
     p.ok(&["upgrade"]);
     p.ok(&["downgrade", "base", "--no-backup", "--allow-data-loss"]);
     assert!(recorded(&c).await.is_empty());
-    assert_eq!(tables(&c).await, ["backstop_migrations"]);
+    assert_eq!(
+        tables(&c).await,
+        ["backstop_downgrades", "backstop_migrations"]
+    );
 
     let history = p.ok(&["history"]).stdout;
     assert_eq!(history.lines().count(), 3, "{history}");
@@ -213,7 +219,7 @@ async fn bad_targets_are_usage_errors() {
 }
 
 #[tokio::test]
-async fn downgrade_without_backup_is_refused_and_changes_nothing() {
+async fn downgrade_backs_up_into_the_default_store_unless_told_otherwise() {
     let db = TestDb::new().await;
     let p = Project::new(&db);
     p.ok(&["upgrade"]);
@@ -221,17 +227,25 @@ async fn downgrade_without_backup_is_refused_and_changes_nothing() {
     c.batch_execute("INSERT INTO tasks (title, user_id) VALUES ('keep me', 'u1')")
         .await
         .unwrap();
-    let r = p.run(&["downgrade", "-1"]);
-    assert_eq!(r.code, 4, "{r}");
-    assert!(r.stderr.contains("--no-backup --allow-data-loss"), "{r}");
-    assert!(r.stderr.contains("nothing was changed"), "{r}");
+    // Half of the escape hatch is a usage error.
+    let r = p.run(&["downgrade", "-1", "--no-backup"]);
+    assert_eq!(r.code, 2, "{r}");
+    let r = p.ok(&["downgrade", "-1"]);
+    assert!(
+        r.stdout.contains("written before the downgrade committed"),
+        "{r}"
+    );
+    // No [storage]: ./backstop-backups beside the config file.
+    let store = p.path().join("backstop-backups");
+    let folders: Vec<_> = std::fs::read_dir(&store).unwrap().collect();
+    assert_eq!(folders.len(), 1, "{folders:?}");
+    p.ok(&["upgrade", "--restore"]);
     let n: i64 = c
-        .query_one("SELECT count(*) FROM tasks", &[])
+        .query_one("SELECT count(*) FROM tasks WHERE title = 'keep me'", &[])
         .await
         .unwrap()
         .get(0);
     assert_eq!(n, 1);
-    assert_eq!(recorded(&c).await, ["001_initial"]);
 }
 
 #[tokio::test]
@@ -280,7 +294,10 @@ async fn a_failing_step_is_rolled_back_and_earlier_steps_stay() {
     assert!(r.stderr.contains("stays at revision 001_initial"), "{r}");
     let c = db.client().await;
     assert_eq!(recorded(&c).await, ["001_initial"]);
-    assert_eq!(tables(&c).await, ["backstop_migrations", "tasks"]);
+    assert_eq!(
+        tables(&c).await,
+        ["backstop_downgrades", "backstop_migrations", "tasks"]
+    );
     let n: i64 = c
         .query_one("SELECT count(*) FROM tasks", &[])
         .await
@@ -487,8 +504,11 @@ async fn every_command_speaks_json() {
     let (_, v) = p.json(&["schema"]);
     assert!(v["tables"]["tasks"]["indexes"]["tasks_pkey"].is_string());
     // Errors are JSON documents too, with the exit code.
-    let (code, v) = p.json(&["downgrade", "-1"]);
-    assert_eq!(code, 4);
-    assert_eq!(v["exit_code"], 4);
-    assert!(v["error"].as_str().unwrap().contains("--allow-data-loss"));
+    let (code, v) = p.json(&["downgrade", "-5"]);
+    assert_eq!(code, 2);
+    assert_eq!(v["exit_code"], 2);
+    assert!(v["error"]
+        .as_str()
+        .unwrap()
+        .contains("only 1 migration(s) are applied"));
 }

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod fixture;
 pub mod migrate;
 pub mod progress;
 pub mod restore;

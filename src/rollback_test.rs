@@ -13,16 +13,19 @@ use std::future::Future;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::config::DatabaseConfig;
+use crate::config::{BackupConfig, DatabaseConfig};
 use crate::db::{quote_ident, Database, PgContext};
 use crate::migrate::{DownTarget, Engine, MigrateRequest, MigrationSet, Target, UpTarget};
 use crate::schema::Snapshot;
+use crate::store::{DirStore, Store};
 
 /// What `rollback-test` was asked to do.
 #[derive(Debug, Clone, Default)]
 pub struct RollbackTestOptions {
     /// Leave the scratch database behind for inspection.
     pub keep: bool,
+    /// Generated rows per table; 0 skips the data check.
+    pub rows: u64,
 }
 
 /// Result of one success criterion of the original procedure.
@@ -108,13 +111,14 @@ impl RollbackTestReport {
     }
 }
 
-const CRITERIA: [&str; 6] = [
+const CRITERIA: [&str; 7] = [
     "upgrade applies",
     "schema matches",
     "downgrade succeeds",
     "schema reverts completely",
     "re-apply succeeds",
     "schema identical",
+    "data restored",
 ];
 
 /// Runs the procedure on a new scratch database next to `db`, dropping it afterwards
@@ -137,10 +141,13 @@ pub async fn run(
         })?;
     tracing::info!("created scratch database {name}");
     let scratch = db.with_dbname(&name);
+    // Pre-downgrade backups of the scratch database go to a directory of their own.
+    let backups = std::env::temp_dir().join(format!("{name}-backups"));
     let outcome = tokio::select! {
-        r = procedure(&scratch, settings, set, expected) => r,
+        r = procedure(&scratch, settings, set, expected, options.rows, &backups) => r,
         _ = interrupted => Err(anyhow::anyhow!("interrupted")),
     };
+    let _ = std::fs::remove_dir_all(&backups);
     let kept = options.keep;
     if !kept {
         let dropped = admin
@@ -223,8 +230,12 @@ async fn procedure(
     settings: &DatabaseConfig,
     set: &MigrationSet,
     expected: Option<Snapshot>,
+    rows: u64,
+    backups: &std::path::Path,
 ) -> anyhow::Result<RollbackTestReport> {
-    let engine = Engine::new(scratch.clone(), settings.clone(), set.clone());
+    let store = Store::Dir(DirStore::new(backups.to_path_buf()));
+    let engine = Engine::new(scratch.clone(), settings.clone(), set.clone())
+        .with_store(store, BackupConfig::default());
     let schema = settings.schema.as_str();
     let snap = || Snapshot::capture(scratch, schema, settings.statement_timeout_secs);
     let revisions: Vec<String> = set.migrations.iter().map(|m| m.revision.clone()).collect();
@@ -240,7 +251,8 @@ async fn procedure(
         target,
         dry_run: false,
         allow_drift: false,
-        allow_data_loss: true,
+        // With data, every step is backed up; without, there is nothing to lose.
+        allow_data_loss: rows == 0,
         restore: None,
         restore_skip: Vec::new(),
     };
@@ -280,6 +292,27 @@ async fn procedure(
             Outcome::Skipped,
             "no migrations/schema.json to compare with; write it with `backstop schema --json > migrations/schema.json`",
         ),
+    }
+
+    // Data: fill every table, remember a fingerprint of every row.
+    let mut before_data = None;
+    if rows > 0 {
+        let client = scratch.connect().await?;
+        match crate::fixture::fill(&client, schema, rows).await {
+            Ok(tables) => {
+                before_data = Some((
+                    tables.clone(),
+                    crate::fixture::fingerprint(&client, schema, &tables).await?,
+                ))
+            }
+            Err(e) => list.set("data restored", Outcome::Fail, format!("{e:#}")),
+        }
+    } else {
+        list.set(
+            "data restored",
+            Outcome::Skipped,
+            "--rows 0: no data generated",
+        );
     }
 
     // 2. Revert one step at a time; each must land exactly on the snapshot before it.
@@ -323,8 +356,13 @@ async fn procedure(
         );
     }
 
-    // 3. Re-apply to head; the schema must be the one of the first pass.
-    if let Err(e) = engine.migrate(&step(Target::Up(UpTarget::Head))).await {
+    // 3. Re-apply to head (restoring each step's backup); the schema must be the one of the
+    // first pass and every row must be back.
+    let mut up = step(Target::Up(UpTarget::Head));
+    if before_data.is_some() {
+        up.restore = Some("latest".into());
+    }
+    if let Err(e) = engine.migrate(&up).await {
         list.set("re-apply succeeds", Outcome::Fail, format!("{e:#}"));
         return Ok(report(list));
     }
@@ -346,6 +384,38 @@ async fn procedure(
             Outcome::Fail,
             "the re-applied schema differs from the first (see differences)",
         );
+    }
+    if let Some((tables, want)) = before_data {
+        let client = scratch.connect().await?;
+        let got = crate::fixture::fingerprint(&client, schema, &tables).await?;
+        let differ: Vec<&String> = tables
+            .iter()
+            .filter(|t| want.get(*t) != got.get(*t))
+            .collect();
+        if differ.is_empty() {
+            list.set(
+                "data restored",
+                Outcome::Pass,
+                format!(
+                    "{rows} row(s) in each of {} table(s), md5-identical",
+                    tables.len()
+                ),
+            );
+        } else {
+            for t in &differ {
+                list.differences.push(format!(
+                    "data of {t}: before {} after {}",
+                    want.get(*t).map(String::as_str).unwrap_or("?"),
+                    got.get(*t).map(String::as_str).unwrap_or("?")
+                ));
+            }
+            let names: Vec<&str> = differ.iter().map(|s| s.as_str()).collect();
+            list.set(
+                "data restored",
+                Outcome::Fail,
+                format!("rows differ in {}", names.join(", ")),
+            );
+        }
     }
     Ok(report(list))
 }

@@ -12,6 +12,9 @@ pub struct RollbackTestArgs {
     /// Keep the scratch database afterwards, for inspection
     #[arg(long)]
     pub keep: bool,
+    /// Generated rows per table for the data check (0 skips it)
+    #[arg(long, default_value_t = 1000)]
+    pub rows: u64,
 }
 
 pub async fn run(ctx: &Ctx, args: RollbackTestArgs) -> anyhow::Result<Output> {
@@ -24,7 +27,10 @@ pub async fn run(ctx: &Ctx, args: RollbackTestArgs) -> anyhow::Result<Output> {
     } else {
         None
     };
-    let options = RollbackTestOptions { keep: args.keep };
+    let options = RollbackTestOptions {
+        keep: args.keep,
+        rows: args.rows,
+    };
     let report = run_procedure(
         &db,
         &loaded.config.database,

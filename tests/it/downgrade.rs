@@ -409,3 +409,32 @@ async fn upgrade_restore_fails_cleanly_when_the_schema_no_longer_fits() {
     );
     assert_eq!(p.ok(&["current"]).stdout, "001_initial\n");
 }
+
+#[tokio::test]
+async fn a_step_outside_a_transaction_backs_up_the_whole_schema_first() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let mut p = Project::new(&db);
+    std::fs::remove_file(p.migrations().join("schema.json")).unwrap();
+    p.add_migration(
+        "002_concurrent",
+        "-- backstop:no-transaction\nCREATE INDEX CONCURRENTLY idx_title ON tasks (title);\n",
+        "-- backstop:no-transaction\nDROP INDEX CONCURRENTLY idx_title;\n",
+    );
+    p.use_store(&store);
+    p.ok(&["upgrade"]);
+    fill_tasks_only(&db).await;
+    let r = p.ok(&["downgrade", "-1"]);
+    assert!(
+        r.stderr.contains("cannot run in a transaction") && r.stderr.contains("every table"),
+        "{r}"
+    );
+    let (_, v) = p.json(&["backups", "list"]);
+    assert_eq!(v["backups"][0]["kind"], "pre-downgrade");
+    assert_eq!(v["backups"][0]["tables"], serde_json::json!(["tasks"]));
+    assert_eq!(v["backups"][0]["rows"], 10);
+    assert_eq!(
+        p.ok(&["current"]).stdout,
+        "001_initial (head)\n".replace(" (head)", "")
+    );
+}

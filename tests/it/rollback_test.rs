@@ -26,6 +26,7 @@ async fn passes_on_the_seed_and_drops_its_scratch_database() {
         "schema reverts completely",
         "re-apply succeeds",
         "schema identical",
+        "data restored",
     ] {
         let line = r
             .stdout
@@ -165,4 +166,49 @@ async fn interrupting_drops_the_scratch_database() {
         !database_exists(&scratch).await,
         "{scratch} survived Ctrl-C"
     );
+}
+
+#[tokio::test]
+async fn data_survives_the_whole_cycle_with_a_second_migration() {
+    let db = TestDb::new().await;
+    let p = Project::new(&db);
+    std::fs::remove_file(p.migrations().join("schema.json")).unwrap();
+    p.add_migration(
+        "002_tags",
+        "ALTER TABLE tasks ADD COLUMN priority smallint NOT NULL DEFAULT 0, ADD COLUMN due_on date, ADD COLUMN meta jsonb;
+         CREATE TYPE tag_kind AS ENUM ('plain', 'it''s \"quoted\"');
+         CREATE TABLE tags (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                            task_id integer NOT NULL REFERENCES tasks(id),
+                            kind tag_kind NOT NULL, name text, score numeric(8, 3), seen interval,
+                            UNIQUE (task_id, name));",
+        "DROP TABLE tags; DROP TYPE tag_kind; ALTER TABLE tasks DROP COLUMN meta, DROP COLUMN due_on, DROP COLUMN priority;",
+    );
+    let (code, v) = p.json(&["rollback-test", "--rows", "300"]);
+    assert_eq!(code, 0, "{v}");
+    let data = v["criteria"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "data restored")
+        .unwrap()
+        .clone();
+    assert_eq!(data["outcome"], "pass", "{v}");
+    assert!(
+        data["detail"]
+            .as_str()
+            .unwrap()
+            .contains("300 row(s) in each of 2 table(s)"),
+        "{v}"
+    );
+    // --rows 0 skips the data check, and says so.
+    let (code, v) = p.json(&["rollback-test", "--rows", "0"]);
+    assert_eq!(code, 0, "{v}");
+    let data = v["criteria"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "data restored")
+        .unwrap()
+        .clone();
+    assert_eq!(data["outcome"], "skipped");
 }

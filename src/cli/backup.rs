@@ -1,5 +1,7 @@
 //! `backup`, `backups list|show|verify|prune`, `restore`.
 
+use std::collections::BTreeMap;
+
 use clap::{Args, Subcommand};
 
 use super::{Ctx, Output};
@@ -55,8 +57,8 @@ pub struct RestoreArgs {
     pub mode: RestoreMode,
 }
 
-fn summary_line(m: &Manifest, now: time::OffsetDateTime) -> String {
-    format!(
+fn summary_line(m: &Manifest, now: time::OffsetDateTime, status: Option<&str>) -> String {
+    let mut line = format!(
         "{}  {:<13}  {:<16}  {:>3} table(s)  {:>10} rows  {:>10}  {}",
         m.id,
         m.kind.as_str(),
@@ -65,7 +67,54 @@ fn summary_line(m: &Manifest, now: time::OffsetDateTime) -> String {
         m.rows(),
         human_bytes(m.compressed_bytes()),
         age(m, now)
-    )
+    );
+    if let Some(s) = status {
+        line.push_str(&format!("  {s}"));
+    }
+    line
+}
+
+/// Guarantee 7: what became of each pre-downgrade backup's downgrade, from the database's
+/// own record. Empty when the database cannot be asked; only backups of this database count.
+async fn downgrade_status(
+    ctx: &Ctx,
+    loaded: &crate::config::Loaded,
+    catalog: &[Manifest],
+) -> BTreeMap<String, &'static str> {
+    let mut out = BTreeMap::new();
+    if !catalog.iter().any(|m| m.kind == Kind::PreDowngrade) {
+        return out;
+    }
+    let Ok(db) = ctx.database(loaded) else {
+        return out;
+    };
+    let Ok(client) = db.connect().await else {
+        return out;
+    };
+    let schema = &loaded.config.database.schema;
+    let table = crate::db::qualified(schema, crate::migrate::engine::DOWNGRADES_TABLE);
+    let recorded: BTreeMap<String, bool> = match client
+        .query(
+            &format!("SELECT backup_id, restored_at IS NOT NULL FROM {table}"),
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+        Err(_) => BTreeMap::new(),
+    };
+    for m in catalog
+        .iter()
+        .filter(|m| m.kind == Kind::PreDowngrade && m.database.name == db.dbname())
+    {
+        let status = match recorded.get(&m.id) {
+            Some(true) => "downgrade committed, data restored",
+            Some(false) => "downgrade committed",
+            None => "downgrade never happened",
+        };
+        out.insert(m.id.clone(), status);
+    }
+    out
 }
 
 pub async fn backup(ctx: &Ctx, args: BackupArgs) -> anyhow::Result<Output> {
@@ -107,12 +156,13 @@ pub async fn backups(ctx: &Ctx, args: BackupsArgs) -> anyhow::Result<Output> {
     match args.action {
         BackupsAction::List => {
             let catalog = scan(&store).await?;
+            let status = downgrade_status(ctx, &loaded, &catalog.backups).await;
             let mut text = String::new();
             if catalog.backups.is_empty() {
                 text.push_str(&format!("no backups in {}\n", store.describe()));
             }
             for m in &catalog.backups {
-                text.push_str(&summary_line(m, now));
+                text.push_str(&summary_line(m, now, status.get(&m.id).copied()));
                 text.push('\n');
             }
             for i in &catalog.incomplete {
@@ -128,6 +178,7 @@ pub async fn backups(ctx: &Ctx, args: BackupsArgs) -> anyhow::Result<Output> {
                     "revision": m.revision, "target_revision": m.target_revision,
                     "tables": m.tables.iter().map(|t| &t.name).collect::<Vec<_>>(),
                     "rows": m.rows(), "bytes": m.bytes(), "compressed_bytes": m.compressed_bytes(),
+                    "downgrade": status.get(&m.id),
                 })).collect::<Vec<_>>(),
                 "incomplete": catalog.incomplete.iter().map(|i| &i.id).collect::<Vec<_>>(),
                 "unreadable": catalog.unreadable.iter().map(|(id, why)| serde_json::json!({"id": id, "error": why})).collect::<Vec<_>>(),

@@ -112,8 +112,15 @@ async fn downgrade_backs_up_and_upgrade_restore_brings_everything_back() {
         assert_eq!(m["revision"], "002_tags");
         assert_eq!(m["target_revision"], "001_initial");
 
+        let (_, l) = p.json(&["backups", "list"]);
+        assert_eq!(l["backups"][0]["downgrade"], "downgrade committed", "{l}");
         let r = p.ok(&["upgrade", "--restore"]);
         assert!(r.stdout.contains(&format!("from backup {id}")), "{r}");
+        let (_, l) = p.json(&["backups", "list"]);
+        assert_eq!(
+            l["backups"][0]["downgrade"], "downgrade committed, data restored",
+            "{l}"
+        );
         assert_eq!(
             md5s(&c).await,
             before,
@@ -254,6 +261,40 @@ async fn an_unusable_store_refuses_the_downgrade_and_changes_nothing() {
     assert_eq!(p.ok(&["current"]).stdout, "002_tags (head)\n");
     assert!(s3.keys().await.is_empty());
     assert_eq!(s3.pending_uploads().await, 0);
+}
+
+#[tokio::test]
+async fn a_backup_whose_downgrade_failed_is_listed_as_never_happened() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let p = project(&db, &store);
+    p.ok(&["upgrade"]);
+    let c = db.client().await;
+    fill(&c, 20).await;
+    // The down SQL passes the plan but fails when it runs for real (a sequence counts the
+    // runs; sequences ignore rollbacks): the backup is written, the downgrade rolls back.
+    c.batch_execute("CREATE SEQUENCE boom_counter")
+        .await
+        .unwrap();
+    p.add_migration(
+        "002_tags",
+        UP,
+        &format!("{DOWN}DO $$ BEGIN IF nextval('boom_counter') > 1 THEN RAISE EXCEPTION 'boom'; END IF; END $$;\n"),
+    );
+    let r = p.run(&["downgrade", "-1"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stderr.contains("boom") && r.stderr.contains("stays at revision 002_tags"),
+        "{r}"
+    );
+    assert_eq!(p.ok(&["current"]).stdout, "002_tags (head)\n");
+    assert_eq!(columns_of_tasks(&c).await.len(), 9);
+    let (_, l) = p.json(&["backups", "list"]);
+    assert_eq!(l["backups"][0]["kind"], "pre-downgrade", "{l}");
+    assert_eq!(
+        l["backups"][0]["downgrade"], "downgrade never happened",
+        "{l}"
+    );
 }
 
 #[tokio::test]

@@ -132,7 +132,7 @@ pub async fn run(
     interrupted: impl Future<Output = ()>,
 ) -> anyhow::Result<RollbackTestReport> {
     let admin = db.connect().await?;
-    let name = format!("backstop_rt_{}", random_suffix());
+    let name = format!("backstop_rt_{}", crate::backup::manifest::random_hex(12));
     admin
         .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name)))
         .await
@@ -173,19 +173,6 @@ pub async fn run(
     report.scratch_database = name;
     report.kept = kept;
     Ok(report)
-}
-
-fn random_suffix() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
 }
 
 struct Checklist {

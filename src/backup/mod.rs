@@ -180,20 +180,17 @@ pub async fn identity(client: &Client) -> anyhow::Result<DatabaseIdentity> {
         )
         .await
         .pg(|| "reading the database identity")?;
-    // pg_control_system() may be restricted; the identity is still useful without it.
-    let system_identifier = match client
+    // pg_control_system() may be restricted; ask first, because a failed call would abort
+    // the transaction a downgrade runs in. The identity is still useful without it.
+    let system_identifier = client
         .query_one(
-            "SELECT system_identifier::text FROM pg_catalog.pg_control_system()",
+            "SELECT CASE WHEN has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')
+                    THEN (SELECT system_identifier::text FROM pg_catalog.pg_control_system()) END",
             &[],
         )
         .await
-    {
-        Ok(r) => Some(r.get(0)),
-        Err(e) => {
-            tracing::debug!("system identifier not readable: {e}");
-            None
-        }
-    };
+        .pg(|| "reading the system identifier")?
+        .get(0);
     Ok(DatabaseIdentity {
         name: row.get(0),
         system_identifier,

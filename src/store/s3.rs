@@ -231,7 +231,8 @@ impl S3Store {
         }
     }
 
-    pub async fn get(&self, key: &str) -> anyhow::Result<Bytes> {
+    /// Starts reading an object: its body and full key.
+    async fn open(&self, key: &str) -> anyhow::Result<(AwsByteStream, String)> {
         let full = self.full_key(key)?;
         let out = self
             .client
@@ -242,8 +243,12 @@ impl S3Store {
             .await
             .map_err(s3_error)
             .with_context(|| format!("reading s3://{}/{full}", self.bucket))?;
-        let data = out
-            .body
+        Ok((out.body, full))
+    }
+
+    pub async fn get(&self, key: &str) -> anyhow::Result<Bytes> {
+        let (body, full) = self.open(key).await?;
+        let data = body
             .collect()
             .await
             .with_context(|| format!("reading s3://{}/{full}", self.bucket))?;
@@ -251,19 +256,10 @@ impl S3Store {
     }
 
     pub async fn get_stream(&self, key: &str) -> anyhow::Result<ByteStream> {
-        let full = self.full_key(key)?;
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await
-            .map_err(s3_error)
-            .with_context(|| format!("reading s3://{}/{full}", self.bucket))?;
+        let (body, full) = self.open(key).await?;
         let bucket = self.bucket.clone();
         let stream = futures_util::stream::try_unfold(
-            (out.body, full, bucket),
+            (body, full, bucket),
             |(mut body, full, bucket)| async move {
                 match body.try_next().await {
                     Ok(Some(b)) => Ok(Some((b, (body, full, bucket)))),

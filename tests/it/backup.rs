@@ -491,23 +491,7 @@ async fn large_tables_use_multipart_and_a_killed_export_leaves_nothing() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let admin = connect(&admin_url()).await;
-        let mut killed = false;
-        for _ in 0..300 {
-            let n: i64 = admin
-                .query_one(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'COPY (SELECT%'",
-                    &[&db.name],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if n > 0 {
-                killed = true;
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        let killed = catch_statement(&db.name, "COPY (SELECT%", true, 300, 20).await;
         assert!(killed, "the export never showed up in pg_stat_activity");
         let r = Run::from(child.wait_with_output().unwrap());
         assert_eq!(r.code, 1, "{r}");
@@ -546,23 +530,7 @@ async fn a_killed_restore_connection_leaves_the_table_as_it_was() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let admin = connect(&admin_url()).await;
-    let mut killed = false;
-    for _ in 0..500 {
-        let n: i64 = admin
-            .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'COPY %FROM STDIN%'",
-                &[&db.name],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n > 0 {
-            killed = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let killed = catch_statement(&db.name, "COPY %FROM STDIN%", true, 500, 10).await;
     assert!(killed, "the load never showed up in pg_stat_activity");
     let r = Run::from(child.wait_with_output().unwrap());
     assert_eq!(r.code, 1, "{r}");

@@ -556,3 +556,28 @@ pub async fn count(c: &Client, table: &str) -> i64 {
         .unwrap()
         .get(0)
 }
+
+/// Waits (up to `tries` × `every`) for a session of database `db` running a statement that
+/// matches the LIKE `pattern`; with `terminate`, ends that session. True when one was seen.
+pub async fn catch_statement(
+    db: &str,
+    pattern: &str,
+    terminate: bool,
+    tries: u32,
+    every_ms: u64,
+) -> bool {
+    let admin = connect(&admin_url()).await;
+    let sql = if terminate {
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND query LIKE $2"
+    } else {
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE $2"
+    };
+    for _ in 0..tries {
+        let n: i64 = admin.query_one(sql, &[&db, &pattern]).await.unwrap().get(0);
+        if n > 0 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(every_ms)).await;
+    }
+    false
+}

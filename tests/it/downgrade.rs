@@ -376,24 +376,9 @@ async fn killing_the_process_mid_export_leaves_revision_and_data() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let admin = connect(&admin_url()).await;
-    let mut exporting = false;
-    for _ in 0..1000 {
-        let n: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'COPY (SELECT%'",
-                &[&db.name],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n > 0 {
-            exporting = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let exporting = catch_statement(&db.name, "COPY (SELECT%", false, 1000, 5).await;
     assert!(exporting, "the export never started");
+    let admin = connect(&admin_url()).await;
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // The server notices the dead client and rolls the transaction back.

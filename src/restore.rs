@@ -124,9 +124,32 @@ pub async fn restore(
         .pg(|| "starting the restore transaction")?;
     let total: u64 = entries.iter().map(|e| e.bytes).sum();
     let progress = Progress::new("restore", total, request.show_progress);
-    let tables = restore_tables(&tx, store, &manifest, &entries, request.mode, &progress).await;
+    // Column-level entries (from pre-downgrade backups) go back by primary key whatever the mode.
+    let (whole, columns): (Vec<&TableEntry>, Vec<&TableEntry>) =
+        entries.iter().partition(|e| e.scope == Scope::Table);
+    let loaded = async {
+        let mut tables = restore_tables(&tx, store, &manifest, &whole, request.mode, &progress).await?;
+        for entry in columns {
+            let (rows, matched) = restore_columns(&tx, store, &manifest, entry).await?;
+            if matched < rows {
+                warnings.push(format!(
+                    "{} of {rows} backed-up rows of {} no longer exist, so their values were not put back",
+                    rows - matched,
+                    entry.name
+                ));
+            }
+            tables.push(TableRestored {
+                table: entry.name.clone(),
+                rows: matched,
+                indexes_rebuilt: Vec::new(),
+                sequences: Vec::new(),
+            });
+        }
+        anyhow::Ok(tables)
+    }
+    .await;
     progress.finish();
-    let tables = tables.context("the restore was rolled back; the database is unchanged")?;
+    let tables = loaded.context("the restore was rolled back; the database is unchanged")?;
     tx.commit()
         .await
         .pg(|| "committing the restore")

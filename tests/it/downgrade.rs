@@ -464,3 +464,24 @@ async fn a_step_outside_a_transaction_backs_up_the_whole_schema_first() {
         "001_initial (head)\n".replace(" (head)", "")
     );
 }
+
+#[tokio::test]
+async fn restore_puts_a_pre_downgrade_backup_back_after_a_plain_upgrade() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let p = project(&db, &store);
+    p.ok(&["upgrade"]);
+    let c = db.client().await;
+    fill(&c, 200).await;
+    let before = md5s(&c).await;
+    let (_, v) = p.json(&["downgrade", "-1"]);
+    let id = v["protection"]["backup_id"].as_str().unwrap().to_string();
+    p.ok(&["upgrade"]);
+    assert_ne!(md5s(&c).await, before);
+    let r = p.ok(&["restore", &id]);
+    assert!(
+        r.stdout.contains("tags: 200 rows") && r.stdout.contains("tasks: 200 rows"),
+        "{r}"
+    );
+    assert_eq!(md5s(&c).await, before);
+}

@@ -15,6 +15,7 @@
 
 pub mod backup;
 pub mod backups;
+pub mod cancel;
 pub mod cli;
 pub mod config;
 pub mod db;

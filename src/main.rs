@@ -7,6 +7,28 @@ use backstop::cli::{run, Cli};
 use backstop::error::ExitCode;
 use clap::Parser;
 
+/// How long a command may take to wind down after Ctrl-C or SIGTERM (abort uploads, roll
+/// back) before it is dropped; dropping closes its connections, so the server rolls back.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn run_until_interrupted(cli: Cli) -> anyhow::Result<backstop::cli::Output> {
+    let command = run(cli);
+    tokio::pin!(command);
+    tokio::select! {
+        out = &mut command => return out,
+        _ = backstop::cli::interrupted() => {}
+    }
+    tracing::warn!("interrupted: stopping at a safe point");
+    backstop::cancel::trigger();
+    match tokio::time::timeout(GRACE, &mut command).await {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(e)) => Err(e.context("interrupted")),
+        Err(_) => Err(anyhow::anyhow!(
+            "interrupted: what was in progress was abandoned and its transaction rolled back; `backstop current` and `backstop backups list` show where things stand"
+        )),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let level = match (cli.quiet, cli.verbose) {
@@ -33,7 +55,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(ExitCode::Failure as u8);
         }
     };
-    let code = match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run_until_interrupted(cli)) {
         Ok(out) => {
             if json {
                 println!(

@@ -113,7 +113,10 @@ pub async fn export_table(
         }
         anyhow::Ok(())
     };
-    let outcome = tokio::try_join!(produce, consume);
+    let outcome = tokio::select! {
+        r = async { tokio::try_join!(produce, consume) } => r,
+        _ = crate::cancel::cancelled() => Err(crate::cancel::error()),
+    };
     // If the upload stopped early the compressor may be blocked on a full channel: close it.
     drop(out_rx);
     let compressed = compressor.await.context("the compressor thread panicked");

@@ -222,7 +222,14 @@ async fn take_tables(
     loop {
         let i = next.fetch_add(1, Ordering::SeqCst);
         let Some(spec) = specs.get(i) else { break };
-        done.push((i, export_table(tx, job, spec).await?));
+        match export_table(tx, job, spec).await {
+            Ok(entry) => done.push((i, entry)),
+            Err(e) => {
+                // Nobody takes another table; the others finish the one they have.
+                next.store(specs.len(), Ordering::SeqCst);
+                return Err(e);
+            }
+        }
     }
     Ok(done)
 }
@@ -263,14 +270,17 @@ async fn export_parallel(
         wtx.commit().await.pg(|| "ending an export worker")?;
         anyhow::Ok(done)
     };
-    let (own, others) = tokio::try_join!(
+    // Every worker runs to its end, failed or not: dropping one mid-upload could let its
+    // last request land after the caller has cleaned the backup's folder up.
+    let (own, others) = futures_util::future::join(
         take_tables(tx, &next, job, specs),
-        futures_util::future::try_join_all((0..extra).map(|_| worker()))
-    )?;
-    let mut all: Vec<(usize, TableEntry)> = own
-        .into_iter()
-        .chain(others.into_iter().flatten())
-        .collect();
+        futures_util::future::join_all((0..extra).map(|_| worker())),
+    )
+    .await;
+    let mut all: Vec<(usize, TableEntry)> = own?;
+    for o in others {
+        all.extend(o?);
+    }
     all.sort_by_key(|(i, _)| *i);
     Ok(all.into_iter().map(|(_, e)| e).collect())
 }

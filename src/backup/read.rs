@@ -103,7 +103,10 @@ where
         }
         anyhow::Ok(())
     };
-    let streamed = tokio::try_join!(feed, load);
+    let streamed = tokio::select! {
+        r = async { tokio::try_join!(feed, load) } => r,
+        _ = crate::cancel::cancelled() => Err(crate::cancel::error()),
+    };
     // If loading stopped early the decoder may be blocked on a full channel: close it.
     drop(out_rx);
     let decoded = worker.await.context("the decompressor thread panicked")?;

@@ -485,3 +485,62 @@ async fn restore_puts_a_pre_downgrade_backup_back_after_a_plain_upgrade() {
     );
     assert_eq!(md5s(&c).await, before);
 }
+
+#[tokio::test]
+async fn ctrl_c_or_sigterm_mid_export_aborts_the_upload_and_says_nothing_changed() {
+    for (signal, args) in [("-INT", vec!["downgrade", "-1"]), ("-TERM", vec!["backup"])] {
+        let store = TestStore::s3().await;
+        let db = TestDb::new().await;
+        let p = project(&db, &store);
+        p.ok(&["upgrade"]);
+        let c = db.client().await;
+        c.batch_execute(
+            "INSERT INTO tasks (title, user_id) SELECT 't' || g, md5(g::text) FROM generate_series(1, 1000) g;
+             INSERT INTO tags (task_id, name) SELECT 1 + g % 1000, md5(g::text) || md5((g * 3)::text) || md5((g * 7)::text)
+               FROM generate_series(1, 700000) g;",
+        )
+        .await
+        .unwrap();
+        let before = md5s(&c).await;
+        let child = p
+            .cmd(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert!(
+            catch_statement(&db.name, "COPY (SELECT%", false, 2000, 5).await,
+            "the export never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let pid = child.id().to_string();
+        assert!(std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+        let r = Run::from(child.wait_with_output().unwrap());
+        assert_ne!(r.code, 0, "{r}");
+        assert!(r.stderr.contains("interrupted"), "{signal} {r}");
+        if args[0] == "downgrade" {
+            assert!(r.stderr.contains("nothing was changed"), "{r}");
+            assert_eq!(p.ok(&["current"]).stdout, "002_tags (head)\n");
+        } else {
+            assert!(
+                r.stderr.contains("the backup failed and was removed"),
+                "{r}"
+            );
+        }
+        assert_eq!(md5s(&c).await, before);
+        assert!(
+            store.keys().await.is_empty(),
+            "{signal}: {:?}",
+            store.keys().await
+        );
+        assert_eq!(
+            store.pending_uploads().await,
+            0,
+            "{signal}: a multipart upload was left behind"
+        );
+    }
+}

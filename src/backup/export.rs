@@ -84,7 +84,9 @@ pub async fn export_table(
         while let Some(msg) = stream.next().await {
             let msg = msg.pg(|| format!("exporting {table}"))?;
             messages += 1;
-            batch_rows += 1;
+            if messages > 1 {
+                batch_rows += 1; // the first message is the header
+            }
             bytes += msg.len() as u64;
             batch.extend_from_slice(&msg);
             if batch.len() >= CHUNK {

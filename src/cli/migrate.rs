@@ -199,6 +199,7 @@ fn render(report: &MigrateReport) -> String {
         render_protection(report, &mut s);
         return s;
     }
+    render_protection(report, &mut s);
     for step in &report.applied {
         let verb = match step.direction {
             Direction::Up => "applied",
@@ -209,7 +210,6 @@ fn render(report: &MigrateReport) -> String {
             step.revision, step.duration_ms
         ));
     }
-    render_protection(report, &mut s);
     for r in &report.restored {
         s.push_str(&format!(
             "restored {} row(s) of {} from backup {}\n",
@@ -236,13 +236,15 @@ fn render_protection(report: &MigrateReport, s: &mut String) {
         );
     }
     if p.losses.is_empty() && !p.whole_schema {
-        s.push_str("\nthe downgrade destroys no data, so it needs no backup\n");
+        s.push_str("the downgrade destroys no data, so it needs no backup\n");
     }
     if !p.losses.is_empty() {
-        s.push_str(&format!(
-            "\n{} back up before the down SQL runs:\n",
-            if report.dry_run { "would" } else { "did" }
-        ));
+        let (gap, verb) = if report.dry_run {
+            ("\n", "would")
+        } else {
+            ("", "did")
+        };
+        s.push_str(&format!("{gap}{verb} back up before the down SQL runs:\n"));
         for l in &p.losses {
             let what = if l.columns.is_empty() {
                 "whole table".to_string()

@@ -861,7 +861,7 @@ impl Engine {
             .map(|s| s.revision.as_str())
             .collect();
         tracing::warn!(
-            "{} cannot run in a transaction (backstop:no-transaction), so every table of schema {} is backed up first",
+            "{} cannot run in a transaction (backstop:no-transaction), so every table of schema {} is backed up first; writes committed between that backup and the downgrade are not in it",
             names.join(", "),
             self.schema()
         );

@@ -57,9 +57,6 @@ impl fmt::Debug for Database {
     }
 }
 
-/// Default used when neither the config nor the environment name a database.
-pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
 impl Database {
     /// Parses a URL (`postgres://…`) or a libpq key/value string and applies the timeouts
     /// from `[database]`. Errors never repeat the URL, which may hold a password.

@@ -2,6 +2,17 @@
 
 use crate::common::*;
 
+/// The `criteria` entry called `name` in a `rollback-test --json` report.
+fn criterion(report: &serde_json::Value, name: &str) -> serde_json::Value {
+    report["criteria"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no criterion {name} in {report}"))
+        .clone()
+}
+
 async fn database_exists(name: &str) -> bool {
     connect(&admin_url())
         .await
@@ -57,15 +68,7 @@ async fn a_down_script_that_leaves_an_index_behind_fails_with_exit_3() {
     let (code, v) = p.json(&["rollback-test", "--keep"]);
     assert_eq!(code, 3, "{v}");
     let scratch = v["scratch_database"].as_str().unwrap().to_string();
-    let outcome = |name: &str| {
-        v["criteria"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap()["outcome"]
-            .clone()
-    };
+    let outcome = |name: &str| criterion(&v, name)["outcome"].clone();
     assert_eq!(outcome("upgrade applies"), "pass");
     assert_eq!(outcome("schema matches"), "skipped");
     assert_eq!(outcome("schema reverts completely"), "fail");
@@ -185,13 +188,7 @@ async fn data_survives_the_whole_cycle_with_a_second_migration() {
     );
     let (code, v) = p.json(&["rollback-test", "--rows", "300"]);
     assert_eq!(code, 0, "{v}");
-    let data = v["criteria"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "data restored")
-        .unwrap()
-        .clone();
+    let data = criterion(&v, "data restored");
     assert_eq!(data["outcome"], "pass", "{v}");
     assert!(
         data["detail"]
@@ -203,12 +200,6 @@ async fn data_survives_the_whole_cycle_with_a_second_migration() {
     // --rows 0 skips the data check, and says so.
     let (code, v) = p.json(&["rollback-test", "--rows", "0"]);
     assert_eq!(code, 0, "{v}");
-    let data = v["criteria"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "data restored")
-        .unwrap()
-        .clone();
+    let data = criterion(&v, "data restored");
     assert_eq!(data["outcome"], "skipped");
 }

@@ -53,7 +53,7 @@ pub struct StampArgs {
 }
 
 pub async fn current(ctx: &Ctx) -> anyhow::Result<Output> {
-    let status = ctx.engine().await?.status().await?;
+    let status = ctx.engine()?.status().await?;
     let label = status.current_label();
     let json = serde_json::json!({
         "current": status.current,
@@ -70,7 +70,7 @@ pub async fn current(ctx: &Ctx) -> anyhow::Result<Output> {
 }
 
 pub async fn history(ctx: &Ctx) -> anyhow::Result<Output> {
-    let status = ctx.engine().await?.status().await?;
+    let status = ctx.engine()?.status().await?;
     let mut text = String::new();
     if status.entries.is_empty() {
         text.push_str("no migrations\n");
@@ -115,7 +115,7 @@ pub async fn history(ctx: &Ctx) -> anyhow::Result<Output> {
 pub async fn upgrade(ctx: &Ctx, args: UpgradeArgs) -> anyhow::Result<Output> {
     let target: UpTarget = args.target.parse()?;
     let report = ctx
-        .engine()
+        .engine_with_store()
         .await?
         .migrate(&MigrateRequest {
             target: Target::Up(target),
@@ -136,7 +136,7 @@ pub async fn downgrade(ctx: &Ctx, args: DowngradeArgs) -> anyhow::Result<Output>
         return usage("--no-backup and --allow-data-loss go together");
     }
     let report = ctx
-        .engine()
+        .engine_with_store()
         .await?
         .migrate(&MigrateRequest {
             target: Target::Down(target),
@@ -152,7 +152,7 @@ pub async fn downgrade(ctx: &Ctx, args: DowngradeArgs) -> anyhow::Result<Output>
 }
 
 pub async fn stamp(ctx: &Ctx, args: StampArgs) -> anyhow::Result<Output> {
-    let report = ctx.engine().await?.stamp(&args.target).await?;
+    let report = ctx.engine()?.stamp(&args.target).await?;
     let text = format!(
         "stamped {}: {} -> {} (no SQL was run)\n",
         report.database,

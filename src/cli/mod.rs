@@ -114,15 +114,25 @@ impl Ctx {
         MigrationSet::load(&loaded.migrations_dir())
     }
 
-    async fn engine(&self) -> anyhow::Result<Engine> {
+    /// The engine for commands that only read or record revisions.
+    fn engine(&self) -> anyhow::Result<Engine> {
         let loaded = self.load()?;
-        let store = self.store(&loaded).await?;
         Ok(Engine::new(
             self.database(&loaded)?,
             loaded.config.database.clone(),
             self.migrations(&loaded)?,
-        )
-        .with_store(store, loaded.config.backup.clone()))
+        ))
+    }
+
+    /// The engine with the backup store, for `upgrade` and `downgrade`. Opening an S3 store
+    /// loads the AWS configuration (region and credential chains), which read-only commands
+    /// should not wait for.
+    async fn engine_with_store(&self) -> anyhow::Result<Engine> {
+        let loaded = self.load()?;
+        let store = self.store(&loaded).await?;
+        Ok(self
+            .engine()?
+            .with_store(store, loaded.config.backup.clone()))
     }
 }
 

@@ -33,6 +33,17 @@ impl DirStore {
         Ok(self.root.join(key))
     }
 
+    /// The object's final path and a fresh temporary name beside it, its folder created.
+    async fn prepare(&self, key: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let path = self.path(key)?;
+        let dir = path.parent().unwrap_or(&self.root);
+        tokio::fs::create_dir_all(dir)
+            .await
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let temp = temp_name(&path);
+        Ok((path, temp))
+    }
+
     pub async fn check(&self) -> anyhow::Result<()> {
         tokio::fs::create_dir_all(&self.root)
             .await
@@ -56,12 +67,7 @@ impl DirStore {
     }
 
     pub async fn upload(&self, key: &str) -> anyhow::Result<DirUpload> {
-        let path = self.path(key)?;
-        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .with_context(|| format!("creating {}", dir.display()))?;
-        let temp = temp_name(&path);
+        let (path, temp) = self.prepare(key).await?;
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -77,12 +83,8 @@ impl DirStore {
     }
 
     pub async fn put(&self, key: &str, data: Bytes, create_only: bool) -> anyhow::Result<()> {
-        let path = self.path(key)?;
+        let (path, temp) = self.prepare(key).await?;
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .with_context(|| format!("creating {}", dir.display()))?;
-        let temp = temp_name(&path);
         let result = async {
             let mut f = tokio::fs::File::create(&temp)
                 .await

@@ -39,6 +39,33 @@ fn to_time(dt: &aws_sdk_s3::primitives::DateTime) -> Option<time::OffsetDateTime
     time::OffsetDateTime::from_unix_timestamp(dt.secs()).ok()
 }
 
+/// A PutObject of bytes already in memory. Bodies carry a CRC32 that S3 checks, so SigV4
+/// need not hash them a second time on a CPU the compressor needs.
+/// With `create_only`, the write fails if the object exists (`If-None-Match: *`).
+fn put_request(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    data: Bytes,
+    create_only: bool,
+) -> PutRequest {
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .set_if_none_match(create_only.then(|| "*".to_string()))
+        .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
+        .body(AwsByteStream::from(data))
+        .customize()
+        .disable_payload_signing()
+}
+
+type PutRequest = aws_sdk_s3::client::customize::CustomizableOperation<
+    aws_sdk_s3::operation::put_object::PutObjectOutput,
+    aws_sdk_s3::operation::put_object::PutObjectError,
+    aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
+>;
+
 /// The one HTTPS client (rustls with ring, like the database connections), so the binary
 /// carries a single TLS stack.
 pub fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
@@ -172,36 +199,24 @@ impl S3Store {
 
     pub async fn put(&self, key: &str, data: Bytes, create_only: bool) -> anyhow::Result<()> {
         let full = self.full_key(key)?;
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .body(AwsByteStream::from(data.clone()));
-        if create_only {
-            req = req.if_none_match("*");
-        }
-        match req.send().await {
+        let exists = || {
+            anyhow::anyhow!(
+                "s3://{}/{full} already exists; refusing to overwrite it",
+                self.bucket
+            )
+        };
+        match put_request(&self.client, &self.bucket, &full, data.clone(), create_only)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("PreconditionFailed") => {
-                anyhow::bail!(
-                    "s3://{}/{full} already exists; refusing to overwrite it",
-                    self.bucket
-                )
-            }
+            Err(e) if e.code() == Some("PreconditionFailed") => Err(exists()),
             Err(e) if create_only && matches!(e.code(), Some("NotImplemented")) => {
                 // No conditional writes here: check, then write.
                 if self.exists(&full).await? {
-                    anyhow::bail!(
-                        "s3://{}/{full} already exists; refusing to overwrite it",
-                        self.bucket
-                    );
+                    return Err(exists());
                 }
-                self.client
-                    .put_object()
-                    .bucket(&self.bucket)
-                    .key(&full)
-                    .body(AwsByteStream::from(data))
+                put_request(&self.client, &self.bucket, &full, data, false)
                     .send()
                     .await
                     .map_err(s3_error)
@@ -469,14 +484,7 @@ impl S3Upload {
         let key = self.key()?.to_string();
         if self.upload_id.is_none() {
             let data = std::mem::take(&mut self.buffer).freeze();
-            self.client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(&key)
-                .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
-                .body(AwsByteStream::from(data))
-                .customize()
-                .disable_payload_signing()
+            put_request(&self.client, &self.bucket, &key, data, false)
                 .send()
                 .await
                 .map_err(s3_error)

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use tokio_postgres::Client;
 
-use crate::db::{qualified, quote_ident, quote_literal, PgContext};
-use crate::migrate::engine::OWN_TABLES;
+use crate::pg::catalog::user_tables;
+use crate::pg::{qualified, quote_ident, quote_literal, PgContext};
 
 struct Column {
     name: String,
@@ -25,17 +25,11 @@ struct Column {
 
 /// Fills every table of `schema` with `rows` rows, parents before children.
 pub async fn fill(client: &Client, schema: &str, rows: u64) -> anyhow::Result<Vec<String>> {
-    let own: &[&str] = OWN_TABLES;
-    let tables: Vec<(u32, String)> = client
-        .query(
-            "SELECT c.oid, c.relname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relname <> ALL($2) ORDER BY 2",
-            &[&schema, &own],
-        )
-        .await
-        .pg(|| "listing tables to fill")?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
+    let tables: Vec<(u32, String)> = user_tables(client, schema)
+        .await?
+        .into_iter()
+        .filter(|r| !r.is_partition)
+        .map(|r| (r.oid, r.name))
         .collect();
     let edges: Vec<(u32, u32)> = client
         .query(

@@ -1,29 +1,34 @@
 //! backstop: backups before every destructive schema migration, and the data back after a
 //! re-upgrade, for PostgreSQL.
 //!
-//! How the pieces fit:
+//! The map, from the top down; every module depends only on modules below it:
 //!
-//! - [`config`]: the TOML tree, its lookup order and environment overrides.
-//! - [`db`]: connections (TLS with libpq's `sslmode` semantics), readable PostgreSQL errors,
-//!   identifier quoting.
-//! - [`migrate`]: migration files ([`migrate::source`]) and the engine that plans and applies
-//!   them under an advisory lock, one transaction per step ([`migrate::engine`]).
-//! - [`schema`]: canonical schema snapshots and their differences.
-//! - [`rollback_test`]: the upgrade → downgrade → re-upgrade checklist on a scratch database.
-//! - [`cli`]: argument parsing and one thin function per command.
-//! - [`error`]: the few error classes that decide the exit code.
+//! - Front ends live in the binary (`src/cli/`, and the daemon): arguments in, reports out.
+//! - [`ops`]: one module per operation (upgrade, downgrade, stamp, backup, restore, verify,
+//!   prune, list, schema, rollback-test). Each plans, then executes, and returns a
+//!   serialisable report; [`ops::Workspace`] opens what the configuration names.
+//! - Domain: [`migrate`] (migration files, targets, status, plans, running a step),
+//!   [`protect`] (what a downgrade destroys), [`backup`] (the one export path, manifests,
+//!   reading objects back, the store's catalog, verification, retention), [`restore`]
+//!   (restore plans and loads), [`schema`] (snapshots and their differences), [`fixture`]
+//!   (generated rows for rollback-test).
+//! - Infrastructure: [`ledger`] (the only reader and writer of backstop's own tables),
+//!   [`pg`] (connections, TLS, session settings, catalog queries, the migration lock),
+//!   [`store`] (the object-store trait, its directory and S3 backends, a fault-injecting
+//!   wrapper for tests).
+//! - Foundations: [`config`] (the TOML tree), [`error`] (typed error kinds, mapped once to
+//!   exit codes and HTTP statuses), [`context`] (per-operation cancellation and progress).
 
 pub mod backup;
-pub mod backups;
-pub mod cancel;
-pub mod cli;
 pub mod config;
-pub mod db;
+pub mod context;
 pub mod error;
 pub mod fixture;
+pub mod ledger;
 pub mod migrate;
-pub mod progress;
+pub mod ops;
+pub mod pg;
+pub mod protect;
 pub mod restore;
-pub mod rollback_test;
 pub mod schema;
 pub mod store;

@@ -1,25 +1,29 @@
 //! The `backstop` binary: parse arguments, set up logging, run the command, print its
 //! result (text or `--json`) and turn errors into the exit codes DESIGN.md documents.
 
+mod cli;
+
 use std::io::IsTerminal;
 
-use backstop::cli::{run, Cli};
-use backstop::error::ExitCode;
+use backstop::context::OpContext;
+use backstop::error::{kind_of, ExitCode};
 use clap::Parser;
+use cli::{run, Cli};
 
 /// How long a command may take to wind down after Ctrl-C or SIGTERM (abort uploads, roll
 /// back) before it is dropped; dropping closes its connections, so the server rolls back.
 const GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
-async fn run_until_interrupted(cli: Cli) -> anyhow::Result<backstop::cli::Output> {
-    let command = run(cli);
+async fn run_until_interrupted(cli: Cli) -> anyhow::Result<cli::Output> {
+    let op = OpContext::default();
+    let command = run(cli, op.clone());
     tokio::pin!(command);
     tokio::select! {
         out = &mut command => return out,
-        _ = backstop::cli::interrupted() => {}
+        _ = cli::interrupted() => {}
     }
     tracing::warn!("interrupted: stopping at a safe point");
-    backstop::cancel::trigger();
+    op.cancel();
     match tokio::time::timeout(GRACE, &mut command).await {
         Ok(Ok(out)) => Ok(out),
         Ok(Err(e)) => Err(e.context("interrupted")),
@@ -72,10 +76,12 @@ fn main() -> std::process::ExitCode {
             out.code
         }
         Err(err) => {
-            let code = ExitCode::of(&err);
+            let kind = kind_of(&err);
+            let code = kind.exit_code();
             if json {
                 let doc = serde_json::json!({
                     "error": format!("{err:#}"),
+                    "kind": kind,
                     "exit_code": code as u8,
                 });
                 println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());

@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use tokio_postgres::Transaction;
 
 use super::manifest::{ColumnEntry, Manifest, Scope, SequenceEntry, TableEntry};
-use crate::db::{qualified, quote_ident, PgContext};
-use crate::progress::Progress;
+use crate::context::OpContext;
+use crate::pg::{qualified, quote_ident, PgContext};
 use crate::store::Store;
 
 /// Bytes per batch handed to the compressor, and per compressed chunk handed on.
@@ -44,7 +44,8 @@ pub struct ExportJob<'a> {
     pub store: &'a Store,
     pub backup_id: &'a str,
     pub zstd_level: i32,
-    pub progress: &'a Progress,
+    /// Cancellation and progress of the backup this table belongs to.
+    pub ctx: &'a OpContext,
 }
 
 /// Exports `spec` from the snapshot of `tx` into the backup's folder.
@@ -57,8 +58,9 @@ pub async fn export_table(
         store,
         backup_id,
         zstd_level,
-        progress,
+        ctx,
     } = job;
+    let progress = ctx.observer();
     let key = Manifest::table_key(backup_id, &spec.schema, &spec.name);
     let columns: Vec<String> = spec.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let sql = format!(
@@ -90,7 +92,7 @@ pub async fn export_table(
             bytes += msg.len() as u64;
             batch.extend_from_slice(&msg);
             if batch.len() >= CHUNK {
-                progress.add(batch.len() as u64, batch_rows);
+                progress.advance(batch.len() as u64, batch_rows);
                 batch_rows = 0;
                 let full = std::mem::replace(&mut batch, BytesMut::with_capacity(CHUNK));
                 raw_tx
@@ -100,7 +102,7 @@ pub async fn export_table(
             }
         }
         if !batch.is_empty() {
-            progress.add(batch.len() as u64, batch_rows);
+            progress.advance(batch.len() as u64, batch_rows);
             raw_tx
                 .send(batch.freeze())
                 .await
@@ -117,7 +119,7 @@ pub async fn export_table(
     };
     let outcome = tokio::select! {
         r = async { tokio::try_join!(produce, consume) } => r,
-        _ = crate::cancel::cancelled() => Err(crate::cancel::error()),
+        _ = ctx.cancelled() => Err(ctx.interrupted()),
     };
     // If the upload stopped early the compressor may be blocked on a full channel: close it.
     drop(out_rx);

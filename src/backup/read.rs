@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 
 use super::export::{hex, CHUNK};
 use super::manifest::TableEntry;
-use crate::error::Error;
+use crate::context::OpContext;
+use crate::error::verification;
 use crate::store::Store;
 
 /// What streaming an object found.
@@ -62,13 +63,12 @@ impl ReadStats {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(Error::Verification(format!(
+            verification(format!(
                 "object {} of table {}: {}",
                 entry.key,
                 entry.name,
                 problems.join("; ")
             ))
-            .into())
         }
     }
 }
@@ -78,6 +78,7 @@ pub async fn pump<S>(
     store: &Store,
     entry: &TableEntry,
     mut sink: Pin<&mut S>,
+    ctx: &OpContext,
 ) -> anyhow::Result<ReadStats>
 where
     S: Sink<Bytes, Error = anyhow::Error>,
@@ -105,7 +106,7 @@ where
     };
     let streamed = tokio::select! {
         r = async { tokio::try_join!(feed, load) } => r,
-        _ = crate::cancel::cancelled() => Err(crate::cancel::error()),
+        _ = ctx.cancelled() => Err(ctx.interrupted()),
     };
     // If loading stopped early the decoder may be blocked on a full channel: close it.
     drop(out_rx);
@@ -131,21 +132,13 @@ fn decode(mut rx: mpsc::Receiver<Bytes>, tx: mpsc::Sender<Bytes>) -> anyhow::Res
     while let Some(chunk) = rx.blocking_recv() {
         hasher.update(&chunk);
         compressed += chunk.len() as u64;
-        decoder.write_all(&chunk).map_err(|e| {
-            Error::Verification(format!(
-                "the object is corrupt: zstd could not decode it ({e})"
-            ))
-        })?;
+        decoder.write_all(&chunk).map_err(corrupt)?;
         if decoder.get_ref().len() >= CHUNK {
             let out = std::mem::replace(decoder.get_mut(), Vec::with_capacity(CHUNK * 2));
             ship(out, &mut counter)?;
         }
     }
-    decoder.flush().map_err(|e| {
-        Error::Verification(format!(
-            "the object is corrupt: zstd could not decode it ({e})"
-        ))
-    })?;
+    decoder.flush().map_err(corrupt)?;
     let rest = std::mem::take(decoder.get_mut());
     if !rest.is_empty() {
         ship(rest, &mut counter)?;
@@ -157,6 +150,13 @@ fn decode(mut rx: mpsc::Receiver<Bytes>, tx: mpsc::Sender<Bytes>) -> anyhow::Res
         rows: counter.records().saturating_sub(1),
         header: counter.header()?,
     })
+}
+
+fn corrupt(e: std::io::Error) -> anyhow::Error {
+    crate::error::err(
+        crate::error::Kind::Verification,
+        format!("the object is corrupt: zstd could not decode it ({e})"),
+    )
 }
 
 /// Counts CSV records (quote-aware, so newlines inside values do not count) and keeps the

@@ -1,15 +1,17 @@
 //! `backup`, `backups list|show|verify|prune`, `restore`.
 
-use std::collections::BTreeMap;
+use backstop::backup::manifest::{Kind, Manifest};
+use backstop::error::{usage, ExitCode};
+use backstop::ops::backup::{take, BackupOptions};
+use backstop::ops::list::{list, show};
+use backstop::ops::prune::prune;
+use backstop::ops::restore::{restore as run_restore, RestoreOptions};
+use backstop::ops::verify::{verify, Which};
+use backstop::restore::RestoreMode;
+use clap::{Args, Subcommand, ValueEnum};
 
-use clap::{Args, Subcommand};
-
+use super::fmt::{age, human_bytes};
 use super::{Ctx, Output};
-use crate::backup::manifest::{Kind, Manifest};
-use crate::backup::{backup as run_backup, BackupRequest};
-use crate::backups::{age, execute_prune, human_bytes, plan_prune, scan, verify};
-use crate::error::{usage, ExitCode};
-use crate::restore::{load_manifest, restore as run_restore, RestoreMode, RestoreRequest};
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
@@ -54,7 +56,28 @@ pub struct RestoreArgs {
     pub tables: Vec<String>,
     /// What to do with rows already in a table
     #[arg(long, value_enum, default_value = "fail")]
-    pub mode: RestoreMode,
+    pub mode: ModeArg,
+}
+
+/// `--mode`, as the command line spells it.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    /// Refuse (exit 4) if any target table has rows
+    Fail,
+    /// Empty the target tables first (in the same transaction)
+    Truncate,
+    /// Add the backup's rows to what is there
+    Append,
+}
+
+impl From<ModeArg> for RestoreMode {
+    fn from(m: ModeArg) -> RestoreMode {
+        match m {
+            ModeArg::Fail => RestoreMode::Fail,
+            ModeArg::Truncate => RestoreMode::Truncate,
+            ModeArg::Append => RestoreMode::Append,
+        }
+    }
 }
 
 fn summary_line(m: &Manifest, now: time::OffsetDateTime, status: Option<&str>) -> String {
@@ -74,65 +97,24 @@ fn summary_line(m: &Manifest, now: time::OffsetDateTime, status: Option<&str>) -
     line
 }
 
-/// Guarantee 7: what became of each pre-downgrade backup's downgrade, from the database's
-/// own record. Empty when the database cannot be asked; only backups of this database count.
-async fn downgrade_status(
-    ctx: &Ctx,
-    loaded: &crate::config::Loaded,
-    catalog: &[Manifest],
-) -> BTreeMap<String, &'static str> {
-    let mut out = BTreeMap::new();
-    if !catalog.iter().any(|m| m.kind == Kind::PreDowngrade) {
-        return out;
-    }
-    let Ok(db) = ctx.database(loaded) else {
-        return out;
-    };
-    let Ok(client) = db.connect().await else {
-        return out;
-    };
-    let schema = &loaded.config.database.schema;
-    let table = crate::db::qualified(schema, crate::migrate::engine::DOWNGRADES_TABLE);
-    let recorded: BTreeMap<String, bool> = match client
-        .query(
-            &format!("SELECT backup_id, restored_at IS NOT NULL FROM {table}"),
-            &[],
-        )
-        .await
-    {
-        Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
-        Err(_) => BTreeMap::new(),
-    };
-    for m in catalog
-        .iter()
-        .filter(|m| m.kind == Kind::PreDowngrade && m.database.name == db.dbname())
-    {
-        let status = match recorded.get(&m.id) {
-            Some(true) => "downgrade committed, data restored",
-            Some(false) => "downgrade committed",
-            None => "downgrade never happened",
-        };
-        out.insert(m.id.clone(), status);
-    }
-    out
-}
-
 pub async fn backup(ctx: &Ctx, args: BackupArgs) -> anyhow::Result<Output> {
-    let loaded = ctx.load()?;
-    let db = ctx.database(&loaded)?;
-    let store = ctx.store(&loaded).await?;
-    let request = BackupRequest {
+    let ws = ctx.workspace()?;
+    let db = ws.database()?;
+    let store = ws.store().await?;
+    let options = BackupOptions {
         kind: Kind::Manual,
         tables: args.tables,
         label: args.label,
-        show_progress: ctx.interactive,
+        target_revision: None,
     };
-    let m = run_backup(
+    let config = ws.config();
+    let m = take(
         &db,
-        &loaded.config.database,
-        &loaded.config.backup,
-        &store,
-        &request,
+        &config.database,
+        &config.backup,
+        &*store,
+        &options,
+        &ctx.op(),
     )
     .await?;
     let mut text = format!("{}\n", m.id);
@@ -150,19 +132,26 @@ pub async fn backup(ctx: &Ctx, args: BackupArgs) -> anyhow::Result<Output> {
 }
 
 pub async fn backups(ctx: &Ctx, args: BackupsArgs) -> anyhow::Result<Output> {
-    let loaded = ctx.load()?;
-    let store = ctx.store(&loaded).await?;
+    let ws = ctx.workspace()?;
+    let store = ws.store().await?;
     let now = time::OffsetDateTime::now_utc();
     match args.action {
         BackupsAction::List => {
-            let catalog = scan(&store).await?;
-            let status = downgrade_status(ctx, &loaded, &catalog.backups).await;
+            let db = ws.database().ok();
+            let listing = list(
+                &*store,
+                db.as_ref()
+                    .map(|db| (db, ws.config().database.schema.as_str())),
+            )
+            .await?;
+            let catalog = &listing.catalog;
+            let status = &listing.outcomes;
             let mut text = String::new();
             if catalog.backups.is_empty() {
                 text.push_str(&format!("no backups in {}\n", store.describe()));
             }
             for m in &catalog.backups {
-                text.push_str(&summary_line(m, now, status.get(&m.id).copied()));
+                text.push_str(&summary_line(m, now, status.get(&m.id).map(|o| o.as_str())));
                 text.push('\n');
             }
             for i in &catalog.incomplete {
@@ -190,7 +179,7 @@ pub async fn backups(ctx: &Ctx, args: BackupsArgs) -> anyhow::Result<Output> {
             })
         }
         BackupsAction::Show { id } => {
-            let m = load_manifest(&store, &id).await?;
+            let m = show(&*store, &id).await?;
             let mut text = format!(
                 "backup    {}\nkind      {}\ncreated   {}\ndatabase  {} (PostgreSQL {})\nschema    {}\nrevision  {}\n",
                 m.id,
@@ -227,17 +216,15 @@ pub async fn backups(ctx: &Ctx, args: BackupsArgs) -> anyhow::Result<Output> {
             Output::new(&m, text)
         }
         BackupsAction::Verify { id, all } => {
-            let manifests = match (id, all) {
-                (Some(id), _) => vec![load_manifest(&store, &id).await?],
-                (None, true) => scan(&store).await?.backups,
+            let which = match (id, all) {
+                (Some(id), _) => Which::One(id),
+                (None, true) => Which::All,
                 (None, false) => return usage("backups verify needs a backup id or --all"),
             };
-            let mut results = Vec::new();
-            for m in &manifests {
-                results.push(verify(&store, m).await);
-            }
+            let report = verify(&*store, &which, &ctx.op()).await?;
+            let results = &report.backups;
             let mut text = String::new();
-            for r in &results {
+            for r in results {
                 text.push_str(&format!(
                     "{} {}\n",
                     r.id,
@@ -257,8 +244,8 @@ pub async fn backups(ctx: &Ctx, args: BackupsArgs) -> anyhow::Result<Output> {
             if results.is_empty() {
                 text.push_str("no backups to verify\n");
             }
-            let ok = results.iter().all(|r| r.ok);
-            let out = Output::new(&serde_json::json!({ "ok": ok, "backups": results }), text)?;
+            let ok = report.ok;
+            let out = Output::new(&report, text)?;
             Ok(out.with_code(if ok {
                 ExitCode::Success
             } else {
@@ -266,12 +253,7 @@ pub async fn backups(ctx: &Ctx, args: BackupsArgs) -> anyhow::Result<Output> {
             }))
         }
         BackupsAction::Prune { dry_run } => {
-            let catalog = scan(&store).await?;
-            let pending = store.pending_uploads().await?;
-            let plan = plan_prune(&catalog, pending, &loaded.config.retention, now);
-            if !dry_run {
-                execute_prune(&store, &plan).await?;
-            }
+            let plan = prune(&*store, &ws.config().retention, dry_run, now).await?;
             let verb = if dry_run { "would remove" } else { "removed" };
             let mut text = String::new();
             for d in &plan.remove {
@@ -307,16 +289,15 @@ pub async fn backups(ctx: &Ctx, args: BackupsArgs) -> anyhow::Result<Output> {
 }
 
 pub async fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<Output> {
-    let loaded = ctx.load()?;
-    let db = ctx.database(&loaded)?;
-    let store = ctx.store(&loaded).await?;
-    let request = RestoreRequest {
+    let ws = ctx.workspace()?;
+    let db = ws.database()?;
+    let store = ws.store().await?;
+    let options = RestoreOptions {
         backup_id: args.backup_id,
         tables: args.tables,
-        mode: args.mode,
-        show_progress: ctx.interactive,
+        mode: args.mode.into(),
     };
-    let report = run_restore(&db, &loaded.config.database, &store, &request).await?;
+    let report = run_restore(&db, &ws.config().database, &*store, &options, &ctx.op()).await?;
     let mut text = format!(
         "restored backup {} into {}\n",
         report.backup_id, report.database

@@ -2,10 +2,15 @@
 
 use clap::Args;
 
+use backstop::error::{usage, ExitCode};
+use backstop::migrate::{Direction, DownTarget, EntryState, UpTarget};
+use backstop::ops::downgrade::{downgrade as run_downgrade, DowngradeOptions};
+use backstop::ops::migration::MigrateReport;
+use backstop::ops::stamp::stamp as run_stamp;
+use backstop::ops::upgrade::{upgrade as run_upgrade, UpgradeOptions};
+
+use super::fmt::human_bytes;
 use super::{Ctx, Output};
-use crate::error::usage;
-use crate::migrate::engine::{Direction, EntryState};
-use crate::migrate::{DownTarget, MigrateReport, MigrateRequest, Target, UpTarget};
 
 #[derive(Debug, Args)]
 pub struct UpgradeArgs {
@@ -53,7 +58,7 @@ pub struct StampArgs {
 }
 
 pub async fn current(ctx: &Ctx) -> anyhow::Result<Output> {
-    let status = ctx.engine()?.status().await?;
+    let status = ctx.workspace()?.migrator()?.status().await?;
     let label = status.current_label();
     let json = serde_json::json!({
         "current": status.current,
@@ -65,12 +70,12 @@ pub async fn current(ctx: &Ctx) -> anyhow::Result<Output> {
     Ok(Output {
         json,
         text: format!("{label}\n"),
-        code: crate::error::ExitCode::Success,
+        code: ExitCode::Success,
     })
 }
 
 pub async fn history(ctx: &Ctx) -> anyhow::Result<Output> {
-    let status = ctx.engine()?.status().await?;
+    let status = ctx.workspace()?.migrator()?.status().await?;
     let mut text = String::new();
     if status.entries.is_empty() {
         text.push_str("no migrations\n");
@@ -114,18 +119,15 @@ pub async fn history(ctx: &Ctx) -> anyhow::Result<Output> {
 
 pub async fn upgrade(ctx: &Ctx, args: UpgradeArgs) -> anyhow::Result<Output> {
     let target: UpTarget = args.target.parse()?;
-    let report = ctx
-        .engine_with_store()
-        .await?
-        .migrate(&MigrateRequest {
-            target: Target::Up(target),
-            dry_run: args.dry_run,
-            allow_drift: args.allow_drift,
-            allow_data_loss: false,
-            restore: args.restore,
-            restore_skip: args.restore_skip,
-        })
-        .await?;
+    let options = UpgradeOptions {
+        target,
+        dry_run: args.dry_run,
+        allow_drift: args.allow_drift,
+        restore: args.restore,
+        restore_skip: args.restore_skip,
+    };
+    let migrator = ctx.workspace()?.migrator_with_store().await?;
+    let report = run_upgrade(&migrator, &options, &ctx.op()).await?;
     let text = render(&report);
     Output::new(&report, text)
 }
@@ -135,24 +137,20 @@ pub async fn downgrade(ctx: &Ctx, args: DowngradeArgs) -> anyhow::Result<Output>
     if args.no_backup != args.allow_data_loss {
         return usage("--no-backup and --allow-data-loss go together");
     }
-    let report = ctx
-        .engine_with_store()
-        .await?
-        .migrate(&MigrateRequest {
-            target: Target::Down(target),
-            dry_run: args.dry_run,
-            allow_drift: args.allow_drift,
-            allow_data_loss: args.allow_data_loss,
-            restore: None,
-            restore_skip: Vec::new(),
-        })
-        .await?;
+    let options = DowngradeOptions {
+        target,
+        dry_run: args.dry_run,
+        allow_drift: args.allow_drift,
+        allow_data_loss: args.allow_data_loss,
+    };
+    let migrator = ctx.workspace()?.migrator_with_store().await?;
+    let report = run_downgrade(&migrator, &options, &ctx.op()).await?;
     let text = render(&report);
     Output::new(&report, text)
 }
 
 pub async fn stamp(ctx: &Ctx, args: StampArgs) -> anyhow::Result<Output> {
-    let report = ctx.engine()?.stamp(&args.target).await?;
+    let report = run_stamp(&ctx.workspace()?.migrator()?, &args.target).await?;
     let text = format!(
         "stamped {}: {} -> {} (no SQL was run)\n",
         report.database,
@@ -256,7 +254,7 @@ fn render_protection(report: &MigrateReport, s: &mut String) {
                 l.table,
                 l.reason,
                 l.rows.unwrap_or(0),
-                crate::backups::human_bytes(l.estimated_bytes.max(0) as u64)
+                human_bytes(l.estimated_bytes.max(0) as u64)
             ));
         }
     }

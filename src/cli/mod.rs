@@ -2,22 +2,22 @@
 //!
 //! Each command turns its arguments into options, calls one library operation and returns
 //! an [`Output`]: the same result as a JSON document (`--json`) and as text, plus the exit
-//! code. Nothing here talks to PostgreSQL directly.
+//! code. Nothing here talks to PostgreSQL or the store: operations do.
 
 mod backup;
+mod fmt;
 mod migrate;
+mod progress;
 mod rollback_test;
 mod schema;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use backstop::context::{OpContext, Silent};
+use backstop::error::ExitCode;
+use backstop::ops::Workspace;
 use clap::{Parser, Subcommand};
-
-use crate::config::{process_env, Loaded};
-use crate::db::Database;
-use crate::error::{usage, ExitCode};
-use crate::migrate::{Engine, MigrationSet};
-use crate::store::Store;
 
 /// Backups before every destructive migration, and the data back after a re-upgrade.
 #[derive(Debug, Parser)]
@@ -85,62 +85,37 @@ impl Output {
     }
 }
 
-/// Lazily loaded configuration, so commands that need none (`schema diff`) never fail on it.
+/// What every command gets: where the configuration is (loaded only when a command needs
+/// it, so `schema diff` never fails on it) and the operation's context.
 pub struct Ctx {
     config_path: Option<PathBuf>,
     /// Progress bars allowed (not `--json`, not `-q`); they still need a terminal.
     interactive: bool,
+    op: OpContext,
 }
 
 impl Ctx {
-    fn load(&self) -> anyhow::Result<Loaded> {
-        Loaded::load(self.config_path.as_deref(), &process_env()?)
+    fn workspace(&self) -> anyhow::Result<Workspace> {
+        Workspace::load(self.config_path.as_deref())
     }
 
-    fn database(&self, loaded: &Loaded) -> anyhow::Result<Database> {
-        let Some(url) = &loaded.config.database.url else {
-            return usage(
-                "no database configured: set [database] url in backstop.toml, or BACKSTOP_DATABASE_URL / DATABASE_URL (also read from .env)",
-            );
-        };
-        Database::parse(&url.0, &loaded.config.database)
-    }
-
-    async fn store(&self, loaded: &Loaded) -> anyhow::Result<Store> {
-        Store::open(&loaded.config.storage, |p| loaded.resolve(p)).await
-    }
-
-    fn migrations(&self, loaded: &Loaded) -> anyhow::Result<MigrationSet> {
-        MigrationSet::load(&loaded.migrations_dir())
-    }
-
-    /// The engine for commands that only read or record revisions.
-    fn engine(&self) -> anyhow::Result<Engine> {
-        let loaded = self.load()?;
-        Ok(Engine::new(
-            self.database(&loaded)?,
-            loaded.config.database.clone(),
-            self.migrations(&loaded)?,
-        ))
-    }
-
-    /// The engine with the backup store, for `upgrade` and `downgrade`. Opening an S3 store
-    /// loads the AWS configuration (region and credential chains), which read-only commands
-    /// should not wait for.
-    async fn engine_with_store(&self) -> anyhow::Result<Engine> {
-        let loaded = self.load()?;
-        let store = self.store(&loaded).await?;
-        Ok(self
-            .engine()?
-            .with_store(store, loaded.config.backup.clone()))
+    /// The operation context, with a progress bar on stderr when that makes sense.
+    fn op(&self) -> OpContext {
+        if self.interactive {
+            if let Some(bar) = progress::Bar::on_terminal() {
+                return self.op.with_observer(Arc::new(bar));
+            }
+        }
+        self.op.with_observer(Arc::new(Silent))
     }
 }
 
-/// Runs the parsed command line.
-pub async fn run(cli: Cli) -> anyhow::Result<Output> {
+/// Runs the parsed command line; `op` is cancelled by the caller on Ctrl-C or SIGTERM.
+pub async fn run(cli: Cli, op: OpContext) -> anyhow::Result<Output> {
     let ctx = Ctx {
         config_path: cli.config.clone(),
         interactive: !cli.json && !cli.quiet,
+        op,
     };
     match cli.command {
         Command::Current => migrate::current(&ctx).await,

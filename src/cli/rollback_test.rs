@@ -2,10 +2,11 @@
 
 use clap::Args;
 
-use super::{interrupted, Ctx, Output};
-use crate::error::ExitCode;
-use crate::rollback_test::{run as run_procedure, RollbackTestOptions};
-use crate::schema::Snapshot;
+use backstop::error::ExitCode;
+use backstop::ops::rollback_test::{run as run_procedure, RollbackTestOptions};
+use backstop::schema::Snapshot;
+
+use super::{Ctx, Output};
 
 #[derive(Debug, Args)]
 pub struct RollbackTestArgs {
@@ -18,9 +19,9 @@ pub struct RollbackTestArgs {
 }
 
 pub async fn run(ctx: &Ctx, args: RollbackTestArgs) -> anyhow::Result<Output> {
-    let loaded = ctx.load()?;
-    let db = ctx.database(&loaded)?;
-    let set = ctx.migrations(&loaded)?;
+    let ws = ctx.workspace()?;
+    let db = ws.database()?;
+    let set = ws.migrations()?;
     let expected_path = set.dir.join("schema.json");
     let expected = if expected_path.is_file() {
         Some(Snapshot::read(&expected_path)?)
@@ -33,11 +34,11 @@ pub async fn run(ctx: &Ctx, args: RollbackTestArgs) -> anyhow::Result<Output> {
     };
     let report = run_procedure(
         &db,
-        &loaded.config.database,
+        &ws.config().database,
         &set,
         expected,
         &options,
-        interrupted(),
+        &ctx.op(),
     )
     .await?;
     let code = if report.passed() {

@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
+use backstop::error::ExitCode;
+use backstop::ops::schema::{diff, snapshot};
+
 use super::{Ctx, Output};
-use crate::error::ExitCode;
-use crate::schema::Snapshot;
 
 #[derive(Debug, Args)]
 pub struct SchemaArgs {
@@ -23,17 +24,13 @@ pub enum SchemaAction {
 pub async fn run(ctx: &Ctx, args: SchemaArgs) -> anyhow::Result<Output> {
     match args.action {
         None => {
-            let loaded = ctx.load()?;
-            let db = ctx.database(&loaded)?;
-            let settings = &loaded.config.database;
-            let snap =
-                Snapshot::capture(&db, &settings.schema, settings.statement_timeout_secs).await?;
+            let ws = ctx.workspace()?;
+            let snap = snapshot(&ws.database()?, &ws.config().database).await?;
             let text = snap.render();
             Output::new(&snap, text)
         }
         Some(SchemaAction::Diff { a, b }) => {
-            let (sa, sb) = (Snapshot::read(&a)?, Snapshot::read(&b)?);
-            let changes = sa.diff(&sb);
+            let changes = diff(&a, &b)?;
             let mut text = String::new();
             if changes.is_empty() {
                 text.push_str(&format!(

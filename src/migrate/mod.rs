@@ -1,15 +1,19 @@
 //! Schema migrations: folders of `up.sql`/`down.sql`, applied in order, one transaction per
-//! step together with its row in `backstop_migrations`, serialised by an advisory lock.
+//! step together with its row in `backstop_migrations`.
 //!
-//! [`source`] reads and validates the files; [`engine`] compares them with the database,
-//! plans a move to a target revision and executes the plan. `--dry-run` prints the same
-//! plan the execution would follow.
+//! [`source`] reads and validates the files; [`target`] parses where to go; [`status`]
+//! compares the files with what the database recorded; [`plan`] works out the steps (all
+//! three pure); [`step`] runs one step with its bookkeeping.
 
-pub mod engine;
-pub mod protect;
+pub mod plan;
+pub mod reapply;
 pub mod source;
+pub mod status;
+pub mod step;
+pub mod target;
 
-pub use engine::{
-    DownTarget, Engine, MigrateReport, MigrateRequest, Plan, StampReport, Status, Target, UpTarget,
-};
+pub use plan::{plan, Direction, Plan, PlannedStep};
 pub use source::{Migration, MigrationSet};
+pub use status::{Entry, EntryState, Status};
+pub use step::{StepReport, StepRunner};
+pub use target::{DownTarget, Target, UpTarget};

@@ -110,6 +110,30 @@ impl MigrationSet {
     pub fn head(&self) -> Option<&Migration> {
         self.migrations.last()
     }
+
+    /// A set of in-memory migrations named `revisions` (`up`/`down` SQL made up), for tests
+    /// of what is computed from a set without reading files.
+    #[cfg(test)]
+    pub(crate) fn fake(revisions: &[&str]) -> MigrationSet {
+        let script = |rev: &str, file: &str| Script {
+            path: PathBuf::from(format!("{rev}/{file}")),
+            sql: format!("-- {rev} {file}"),
+            no_transaction: false,
+        };
+        MigrationSet {
+            dir: PathBuf::from("migrations"),
+            migrations: revisions
+                .iter()
+                .map(|r| Migration {
+                    revision: r.to_string(),
+                    number: parse_revision(r).unwrap_or(0),
+                    up: script(r, "up.sql"),
+                    down: script(r, "down.sql"),
+                    checksum: checksum(&format!("-- {r} up.sql")),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// `001_initial` → `Some(1)`; anything not `<digits>_<something>` → `None`.

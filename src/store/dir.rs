@@ -10,7 +10,11 @@ use anyhow::Context;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{check_key, ByteStream, ObjectInfo};
+use async_trait::async_trait;
+
+use crate::error::{err, Kind};
+
+use super::{check_key, ByteStream, ObjectInfo, ObjectStore, Upload};
 
 /// Marks temporary files; `prune` removes old ones.
 pub const TEMP_MARKER: &str = ".backstop-tmp-";
@@ -22,10 +26,6 @@ pub struct DirStore {
 impl DirStore {
     pub fn new(root: PathBuf) -> DirStore {
         DirStore { root }
-    }
-
-    pub fn describe(&self) -> String {
-        self.root.display().to_string()
     }
 
     fn path(&self, key: &str) -> anyhow::Result<PathBuf> {
@@ -44,7 +44,7 @@ impl DirStore {
         Ok((path, temp))
     }
 
-    pub async fn check(&self) -> anyhow::Result<()> {
+    async fn check_writable(&self) -> anyhow::Result<()> {
         tokio::fs::create_dir_all(&self.root)
             .await
             .with_context(|| {
@@ -65,8 +65,21 @@ impl DirStore {
         let _ = tokio::fs::remove_file(&probe).await;
         Ok(())
     }
+}
 
-    pub async fn upload(&self, key: &str) -> anyhow::Result<DirUpload> {
+#[async_trait]
+impl ObjectStore for DirStore {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    async fn check(&self) -> anyhow::Result<()> {
+        self.check_writable()
+            .await
+            .map_err(|e| err(Kind::StoreUnavailable, format!("{e:#}")))
+    }
+
+    async fn upload(&self, key: &str, _size_hint: u64) -> anyhow::Result<Box<dyn Upload>> {
         let (path, temp) = self.prepare(key).await?;
         let file = tokio::fs::OpenOptions::new()
             .write(true)
@@ -74,15 +87,15 @@ impl DirStore {
             .open(&temp)
             .await
             .with_context(|| format!("creating {}", temp.display()))?;
-        Ok(DirUpload {
+        Ok(Box::new(DirUpload {
             file: Some(file),
             temp,
             path,
             written: 0,
-        })
+        }))
     }
 
-    pub async fn put(&self, key: &str, data: Bytes, create_only: bool) -> anyhow::Result<()> {
+    async fn put(&self, key: &str, data: Bytes, create_only: bool) -> anyhow::Result<()> {
         let (path, temp) = self.prepare(key).await?;
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         let result = async {
@@ -116,7 +129,7 @@ impl DirStore {
         result.with_context(|| format!("writing {}", path.display()))
     }
 
-    pub async fn get(&self, key: &str) -> anyhow::Result<Bytes> {
+    async fn get(&self, key: &str) -> anyhow::Result<Bytes> {
         let path = self.path(key)?;
         let data = tokio::fs::read(&path)
             .await
@@ -124,7 +137,7 @@ impl DirStore {
         Ok(Bytes::from(data))
     }
 
-    pub async fn get_stream(&self, key: &str) -> anyhow::Result<ByteStream> {
+    async fn get_stream(&self, key: &str) -> anyhow::Result<ByteStream> {
         let path = self.path(key)?;
         let file = tokio::fs::File::open(&path)
             .await
@@ -145,7 +158,7 @@ impl DirStore {
         Ok(Box::pin(stream))
     }
 
-    pub async fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectInfo>> {
+    async fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectInfo>> {
         let root = self.root.clone();
         let prefix = prefix.to_string();
         tokio::task::spawn_blocking(move || {
@@ -160,7 +173,7 @@ impl DirStore {
         .await?
     }
 
-    pub async fn delete(&self, keys: &[String]) -> anyhow::Result<()> {
+    async fn delete(&self, keys: &[String]) -> anyhow::Result<()> {
         let mut dirs = std::collections::BTreeSet::new();
         for key in keys {
             let path = self.path(key)?;
@@ -232,15 +245,16 @@ async fn sync_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// A file being written under a temporary name.
-pub struct DirUpload {
+struct DirUpload {
     file: Option<tokio::fs::File>,
     temp: PathBuf,
     path: PathBuf,
     written: u64,
 }
 
-impl DirUpload {
-    pub async fn write(&mut self, chunk: Bytes) -> anyhow::Result<()> {
+#[async_trait]
+impl Upload for DirUpload {
+    async fn write(&mut self, chunk: Bytes) -> anyhow::Result<()> {
         let file = self.file.as_mut().context("upload already finished")?;
         file.write_all(&chunk)
             .await
@@ -249,7 +263,7 @@ impl DirUpload {
         Ok(())
     }
 
-    pub async fn finish(mut self) -> anyhow::Result<u64> {
+    async fn finish(mut self: Box<Self>) -> anyhow::Result<u64> {
         let mut file = self.file.take().context("upload already finished")?;
         let result = async {
             file.flush().await?;
@@ -269,7 +283,7 @@ impl DirUpload {
         Ok(self.written)
     }
 
-    pub async fn abort(mut self) {
+    async fn abort(mut self: Box<Self>) {
         self.file.take();
         let _ = tokio::fs::remove_file(&self.temp).await;
     }

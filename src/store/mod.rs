@@ -8,11 +8,14 @@
 //! removed before it is renamed into place.
 
 mod dir;
+mod faulty;
 mod s3;
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::Stream;
 use time::OffsetDateTime;
@@ -20,8 +23,9 @@ use time::OffsetDateTime;
 use crate::config::StorageConfig;
 use crate::error::usage;
 
-pub use dir::{DirStore, DirUpload};
-pub use s3::{http_client, S3Store, S3Upload};
+pub use dir::DirStore;
+pub use faulty::FaultyStore;
+pub use s3::{http_client, S3Store};
 
 /// A stream of an object's bytes.
 pub type ByteStream = Pin<Box<dyn Stream<Item = anyhow::Result<Bytes>> + Send>>;
@@ -44,12 +48,6 @@ pub struct PendingUpload {
     pub key: String,
     pub upload_id: String,
     pub initiated: Option<OffsetDateTime>,
-}
-
-/// A configured backup store.
-pub enum Store {
-    Dir(DirStore),
-    S3(S3Store),
 }
 
 /// How a store location was written.
@@ -95,132 +93,73 @@ impl Location {
     }
 }
 
-impl Store {
-    /// Opens the store that `[storage]` names. `resolve` makes relative paths absolute
-    /// against the config file's directory.
-    pub async fn open(
-        config: &StorageConfig,
-        resolve: impl Fn(&Path) -> PathBuf,
-    ) -> anyhow::Result<Store> {
-        let url = config.url.as_deref().unwrap_or(DEFAULT_STORE);
-        Ok(match Location::parse(url)? {
-            Location::Dir(path) => Store::Dir(DirStore::new(resolve(&path))),
-            Location::S3 { bucket, prefix } => {
-                Store::S3(S3Store::connect(config, bucket, prefix).await?)
-            }
-        })
-    }
-
+/// Where backups live. Directory and S3 backends implement it, and [`FaultyStore`] wraps any
+/// of them to inject failures in tests; everything above the store sees only this trait.
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
     /// Where the store is, for messages (never with credentials).
-    pub fn describe(&self) -> String {
-        match self {
-            Store::Dir(d) => d.describe(),
-            Store::S3(s) => s.describe(),
-        }
-    }
+    fn describe(&self) -> String;
 
     /// Confirms the store is reachable and writable enough to start, before any work.
-    pub async fn check(&self) -> anyhow::Result<()> {
-        match self {
-            Store::Dir(d) => d.check().await,
-            Store::S3(s) => s.check().await,
-        }
-    }
+    async fn check(&self) -> anyhow::Result<()>;
 
     /// Starts a streaming upload; `size_hint` (bytes) lets S3 pick a part size that stays
     /// under the 10,000-part limit.
-    pub async fn upload(&self, key: &str, size_hint: u64) -> anyhow::Result<Upload> {
-        Ok(match self {
-            Store::Dir(d) => Upload::Dir(d.upload(key).await?),
-            Store::S3(s) => Upload::S3(s.upload(key, size_hint)),
-        })
-    }
+    async fn upload(&self, key: &str, size_hint: u64) -> anyhow::Result<Box<dyn Upload>>;
 
     /// Writes a small object in one go. With `create_only`, fails if it already exists
     /// (where the service supports conditional writes).
-    pub async fn put(&self, key: &str, data: Bytes, create_only: bool) -> anyhow::Result<()> {
-        match self {
-            Store::Dir(d) => d.put(key, data, create_only).await,
-            Store::S3(s) => s.put(key, data, create_only).await,
-        }
-    }
+    async fn put(&self, key: &str, data: Bytes, create_only: bool) -> anyhow::Result<()>;
 
     /// Reads a small object whole.
-    pub async fn get(&self, key: &str) -> anyhow::Result<Bytes> {
-        match self {
-            Store::Dir(d) => d.get(key).await,
-            Store::S3(s) => s.get(key).await,
-        }
-    }
+    async fn get(&self, key: &str) -> anyhow::Result<Bytes>;
 
     /// Streams an object.
-    pub async fn get_stream(&self, key: &str) -> anyhow::Result<ByteStream> {
-        match self {
-            Store::Dir(d) => d.get_stream(key).await,
-            Store::S3(s) => s.get_stream(key).await,
-        }
-    }
+    async fn get_stream(&self, key: &str) -> anyhow::Result<ByteStream>;
 
     /// Every object whose key starts with `prefix`.
-    pub async fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectInfo>> {
-        match self {
-            Store::Dir(d) => d.list(prefix).await,
-            Store::S3(s) => s.list(prefix).await,
-        }
-    }
+    async fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectInfo>>;
 
-    pub async fn delete(&self, keys: &[String]) -> anyhow::Result<()> {
-        match self {
-            Store::Dir(d) => d.delete(keys).await,
-            Store::S3(s) => s.delete(keys).await,
-        }
-    }
+    async fn delete(&self, keys: &[String]) -> anyhow::Result<()>;
 
     /// Unfinished multipart uploads under the prefix (none for a directory).
-    pub async fn pending_uploads(&self) -> anyhow::Result<Vec<PendingUpload>> {
-        match self {
-            Store::Dir(_) => Ok(Vec::new()),
-            Store::S3(s) => s.pending_uploads().await,
-        }
+    async fn pending_uploads(&self) -> anyhow::Result<Vec<PendingUpload>> {
+        Ok(Vec::new())
     }
 
-    pub async fn abort_pending(&self, upload: &PendingUpload) -> anyhow::Result<()> {
-        match self {
-            Store::Dir(_) => Ok(()),
-            Store::S3(s) => s.abort_pending(upload).await,
-        }
+    async fn abort_pending(&self, _upload: &PendingUpload) -> anyhow::Result<()> {
+        Ok(())
     }
 }
+
+/// A configured store, as the rest of backstop holds it.
+pub type Store = dyn ObjectStore;
 
 /// A streaming upload in progress. Call [`Upload::finish`] to make the object exist;
 /// [`Upload::abort`] (or dropping it) leaves nothing behind.
-pub enum Upload {
-    Dir(DirUpload),
-    S3(S3Upload),
-}
-
-impl Upload {
-    pub async fn write(&mut self, chunk: Bytes) -> anyhow::Result<()> {
-        match self {
-            Upload::Dir(u) => u.write(chunk).await,
-            Upload::S3(u) => u.write(chunk).await,
-        }
-    }
+#[async_trait]
+pub trait Upload: Send {
+    async fn write(&mut self, chunk: Bytes) -> anyhow::Result<()>;
 
     /// Completes the object; returns its size.
-    pub async fn finish(self) -> anyhow::Result<u64> {
-        match self {
-            Upload::Dir(u) => u.finish().await,
-            Upload::S3(u) => u.finish().await,
-        }
-    }
+    async fn finish(self: Box<Self>) -> anyhow::Result<u64>;
 
-    pub async fn abort(self) {
-        match self {
-            Upload::Dir(u) => u.abort().await,
-            Upload::S3(u) => u.abort().await,
+    async fn abort(self: Box<Self>);
+}
+
+/// Opens the store that `[storage]` names. `resolve` makes relative paths absolute against
+/// the config file's directory.
+pub async fn open(
+    config: &StorageConfig,
+    resolve: impl Fn(&Path) -> PathBuf,
+) -> anyhow::Result<Arc<Store>> {
+    let url = config.url.as_deref().unwrap_or(DEFAULT_STORE);
+    Ok(match Location::parse(url)? {
+        Location::Dir(path) => Arc::new(DirStore::new(resolve(&path))),
+        Location::S3 { bucket, prefix } => {
+            Arc::new(S3Store::connect(config, bucket, prefix).await?)
         }
-    }
+    })
 }
 
 /// Rejects keys that could leave the store's prefix.

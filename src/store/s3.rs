@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use async_trait::async_trait;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_s3::primitives::ByteStream as AwsByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -15,8 +16,9 @@ use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinSet;
 
-use super::{check_key, ByteStream, ObjectInfo, PendingUpload};
+use super::{check_key, ByteStream, ObjectInfo, ObjectStore, PendingUpload, Upload};
 use crate::config::StorageConfig;
+use crate::error::{err, Kind};
 
 /// Smallest part; S3's own minimum is 5 MiB.
 pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
@@ -87,15 +89,8 @@ impl S3Store {
         use aws_config::retry::RetryConfig;
         use aws_config::timeout::TimeoutConfig;
         use aws_config::{BehaviorVersion, Region};
-        use aws_smithy_http_client::tls;
-
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
+            .http_client(http_client())
             .retry_config(RetryConfig::standard().with_max_attempts(5))
             .timeout_config(
                 TimeoutConfig::builder()
@@ -132,14 +127,6 @@ impl S3Store {
         })
     }
 
-    pub fn describe(&self) -> String {
-        let mut s = format!("s3://{}/{}", self.bucket, self.prefix);
-        if let Some(e) = &self.endpoint {
-            s.push_str(&format!(" at {e}"));
-        }
-        s
-    }
-
     fn full_key(&self, key: &str) -> anyhow::Result<String> {
         check_key(key)?;
         Ok(if self.prefix.is_empty() {
@@ -156,76 +143,6 @@ impl S3Store {
             full.strip_prefix(&self.prefix)
                 .map(|k| k.trim_start_matches('/'))
                 .unwrap_or(full)
-        }
-    }
-
-    pub async fn check(&self) -> anyhow::Result<()> {
-        self.client
-            .head_bucket()
-            .bucket(&self.bucket)
-            .send()
-            .await
-            .map_err(s3_error)
-            .with_context(|| {
-                format!(
-                    "cannot reach bucket {} ({}); check [storage] url, endpoint, region and the AWS credentials",
-                    self.bucket,
-                    self.describe()
-                )
-            })?;
-        Ok(())
-    }
-
-    pub fn upload(&self, key: &str, size_hint: u64) -> S3Upload {
-        let mut part_size = MIN_PART_SIZE;
-        // Leave headroom: estimates can be low, and the part size also doubles on the way.
-        while (part_size as u64) * (MAX_PARTS / 2) < size_hint {
-            part_size *= 2;
-        }
-        S3Upload {
-            client: self.client.clone(),
-            bucket: self.bucket.clone(),
-            key: self.full_key(key),
-            part_size,
-            buffer: BytesMut::new(),
-            upload_id: None,
-            in_flight: JoinSet::new(),
-            parts: Vec::new(),
-            next_part: 1,
-            written: 0,
-            done: false,
-        }
-    }
-
-    pub async fn put(&self, key: &str, data: Bytes, create_only: bool) -> anyhow::Result<()> {
-        let full = self.full_key(key)?;
-        let exists = || {
-            anyhow::anyhow!(
-                "s3://{}/{full} already exists; refusing to overwrite it",
-                self.bucket
-            )
-        };
-        match put_request(&self.client, &self.bucket, &full, data.clone(), create_only)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("PreconditionFailed") => Err(exists()),
-            Err(e) if create_only && matches!(e.code(), Some("NotImplemented")) => {
-                // No conditional writes here: check, then write.
-                if self.exists(&full).await? {
-                    return Err(exists());
-                }
-                put_request(&self.client, &self.bucket, &full, data, false)
-                    .send()
-                    .await
-                    .map_err(s3_error)
-                    .with_context(|| format!("writing s3://{}/{full}", self.bucket))?;
-                Ok(())
-            }
-            Err(e) => {
-                Err(s3_error(e)).with_context(|| format!("writing s3://{}/{full}", self.bucket))
-            }
         }
     }
 
@@ -260,8 +177,92 @@ impl S3Store {
             .with_context(|| format!("reading s3://{}/{full}", self.bucket))?;
         Ok((out.body, full))
     }
+}
 
-    pub async fn get(&self, key: &str) -> anyhow::Result<Bytes> {
+#[async_trait]
+impl ObjectStore for S3Store {
+    fn describe(&self) -> String {
+        let mut s = format!("s3://{}/{}", self.bucket, self.prefix);
+        if let Some(e) = &self.endpoint {
+            s.push_str(&format!(" at {e}"));
+        }
+        s
+    }
+
+    async fn check(&self) -> anyhow::Result<()> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    Kind::StoreUnavailable,
+                    format!(
+                        "cannot reach bucket {} ({}): {}; check [storage] url, endpoint, region and the AWS credentials",
+                        self.bucket,
+                        self.describe(),
+                        DisplayErrorContext(e)
+                    ),
+                )
+            })?;
+        Ok(())
+    }
+
+    async fn upload(&self, key: &str, size_hint: u64) -> anyhow::Result<Box<dyn Upload>> {
+        let mut part_size = MIN_PART_SIZE;
+        // Leave headroom: estimates can be low, and the part size also doubles on the way.
+        while (part_size as u64) * (MAX_PARTS / 2) < size_hint {
+            part_size *= 2;
+        }
+        Ok(Box::new(S3Upload {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: self.full_key(key),
+            part_size,
+            buffer: BytesMut::new(),
+            upload_id: None,
+            in_flight: JoinSet::new(),
+            parts: Vec::new(),
+            next_part: 1,
+            written: 0,
+            done: false,
+        }))
+    }
+
+    async fn put(&self, key: &str, data: Bytes, create_only: bool) -> anyhow::Result<()> {
+        let full = self.full_key(key)?;
+        let exists = || {
+            anyhow::anyhow!(
+                "s3://{}/{full} already exists; refusing to overwrite it",
+                self.bucket
+            )
+        };
+        match put_request(&self.client, &self.bucket, &full, data.clone(), create_only)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("PreconditionFailed") => Err(exists()),
+            Err(e) if create_only && matches!(e.code(), Some("NotImplemented")) => {
+                // No conditional writes here: check, then write.
+                if self.exists(&full).await? {
+                    return Err(exists());
+                }
+                put_request(&self.client, &self.bucket, &full, data, false)
+                    .send()
+                    .await
+                    .map_err(s3_error)
+                    .with_context(|| format!("writing s3://{}/{full}", self.bucket))?;
+                Ok(())
+            }
+            Err(e) => {
+                Err(s3_error(e)).with_context(|| format!("writing s3://{}/{full}", self.bucket))
+            }
+        }
+    }
+
+    async fn get(&self, key: &str) -> anyhow::Result<Bytes> {
         let (body, full) = self.open(key).await?;
         let data = body
             .collect()
@@ -270,7 +271,7 @@ impl S3Store {
         Ok(data.into_bytes())
     }
 
-    pub async fn get_stream(&self, key: &str) -> anyhow::Result<ByteStream> {
+    async fn get_stream(&self, key: &str) -> anyhow::Result<ByteStream> {
         let (body, full) = self.open(key).await?;
         let bucket = self.bucket.clone();
         let stream = futures_util::stream::try_unfold(
@@ -288,7 +289,7 @@ impl S3Store {
         Ok(Box::pin(stream))
     }
 
-    pub async fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectInfo>> {
+    async fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectInfo>> {
         let full_prefix = if self.prefix.is_empty() {
             prefix.to_string()
         } else {
@@ -320,7 +321,7 @@ impl S3Store {
         Ok(out)
     }
 
-    pub async fn delete(&self, keys: &[String]) -> anyhow::Result<()> {
+    async fn delete(&self, keys: &[String]) -> anyhow::Result<()> {
         for key in keys {
             let full = self.full_key(key)?;
             self.client
@@ -335,7 +336,7 @@ impl S3Store {
         Ok(())
     }
 
-    pub async fn pending_uploads(&self) -> anyhow::Result<Vec<PendingUpload>> {
+    async fn pending_uploads(&self) -> anyhow::Result<Vec<PendingUpload>> {
         let mut out = Vec::new();
         let mut req = self.client.list_multipart_uploads().bucket(&self.bucket);
         if !self.prefix.is_empty() {
@@ -358,7 +359,7 @@ impl S3Store {
         Ok(out)
     }
 
-    pub async fn abort_pending(&self, upload: &PendingUpload) -> anyhow::Result<()> {
+    async fn abort_pending(&self, upload: &PendingUpload) -> anyhow::Result<()> {
         let full = self.full_key(&upload.key)?;
         self.client
             .abort_multipart_upload()
@@ -374,7 +375,7 @@ impl S3Store {
 }
 
 /// A multipart upload in progress.
-pub struct S3Upload {
+struct S3Upload {
     client: Client,
     bucket: String,
     key: anyhow::Result<String>,
@@ -393,7 +394,7 @@ impl S3Upload {
         self.key.as_deref().map_err(|e| anyhow::anyhow!("{e:#}"))
     }
 
-    pub async fn write(&mut self, chunk: Bytes) -> anyhow::Result<()> {
+    async fn write_chunk(&mut self, chunk: Bytes) -> anyhow::Result<()> {
         self.written += chunk.len() as u64;
         self.buffer.extend_from_slice(&chunk);
         while self.buffer.len() >= self.part_size {
@@ -471,15 +472,6 @@ impl S3Upload {
         Ok(())
     }
 
-    pub async fn finish(mut self) -> anyhow::Result<u64> {
-        let result = self.complete().await;
-        if result.is_err() {
-            self.abort_now().await;
-        }
-        self.done = true;
-        result
-    }
-
     async fn complete(&mut self) -> anyhow::Result<u64> {
         let key = self.key()?.to_string();
         if self.upload_id.is_none() {
@@ -538,8 +530,24 @@ impl S3Upload {
             }
         }
     }
+}
 
-    pub async fn abort(mut self) {
+#[async_trait]
+impl Upload for S3Upload {
+    async fn write(&mut self, chunk: Bytes) -> anyhow::Result<()> {
+        self.write_chunk(chunk).await
+    }
+
+    async fn finish(mut self: Box<Self>) -> anyhow::Result<u64> {
+        let result = self.complete().await;
+        if result.is_err() {
+            self.abort_now().await;
+        }
+        self.done = true;
+        result
+    }
+
+    async fn abort(mut self: Box<Self>) {
         self.abort_now().await;
         self.done = true;
     }

@@ -719,18 +719,7 @@ async fn parallel_workers_share_one_snapshot_under_concurrent_writes() {
 #[tokio::test]
 async fn manifests_are_created_once_and_never_overwritten() {
     for store in TestStore::both().await {
-        let mut section = store.config();
-        if let TestStore::S3 { .. } = store {
-            let e = s3_env();
-            section.push_str(&format!(
-                "\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"",
-                e.access_key, e.secret_key
-            ));
-        }
-        let config: backstop::config::StorageConfig = toml::from_str(&section).unwrap();
-        let s = backstop::store::Store::open(&config, |p| p.to_path_buf())
-            .await
-            .unwrap();
+        let s = store.open().await;
         s.check().await.unwrap();
         let key = "20261124T000000Z-manual-aaaaaa/manifest.json";
         s.put(key, bytes::Bytes::from_static(b"first"), true)

@@ -376,6 +376,22 @@ impl TestStore {
         }
     }
 
+    /// The store itself, as the library opens it (credentials from the config section).
+    pub async fn open(&self) -> std::sync::Arc<backstop::store::Store> {
+        let mut section = self.config();
+        if let TestStore::S3 { .. } = self {
+            let e = s3_env();
+            section.push_str(&format!(
+                "\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"",
+                e.access_key, e.secret_key
+            ));
+        }
+        let config: backstop::config::StorageConfig = toml::from_str(&section).unwrap();
+        backstop::store::open(&config, |p| p.to_path_buf())
+            .await
+            .unwrap()
+    }
+
     /// Credentials go through the standard AWS variables, as users are told to do.
     pub fn env(&self) -> Vec<(String, String)> {
         match self {

@@ -6,6 +6,7 @@ mod common;
 mod config;
 mod downgrade;
 mod migrate;
+mod ops;
 mod rollback_test;
 mod schema;
 mod tls;

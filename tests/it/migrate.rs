@@ -440,8 +440,8 @@ async fn a_held_migration_lock_times_out_with_a_clear_message() {
     let mut p = Project::new(&db);
     p.set_database_extra("migration_lock_timeout_secs = 1");
     let settings = backstop::config::DatabaseConfig::default();
-    let parsed = backstop::db::Database::parse(&db.url, &settings).unwrap();
-    let key = backstop::migrate::engine::MigrationLock::key(&parsed, "public");
+    let parsed = backstop::pg::Database::parse(&db.url, &settings).unwrap();
+    let key = backstop::pg::lock::MigrationLock::key(&parsed, "public");
     let holder = db.client().await;
     holder
         .execute("SELECT pg_advisory_lock($1)", &[&key])

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use backstop::config::DatabaseConfig;
-use backstop::db::Database;
+use backstop::pg::Database;
 
 use crate::common::*;
 

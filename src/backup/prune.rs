@@ -1,126 +1,13 @@
-//! Looking after stored backups: listing, verifying and pruning.
-//!
-//! A backup exists when its manifest does. Folders without one are incomplete uploads: never
-//! listed as backups, never restored, and removed by `prune` once they are an hour old (a
-//! younger one may still be uploading). Pruning is planned first and then executed, so
-//! `--dry-run` shows exactly what would go.
+//! Retention: which backups `prune` removes, planned first (pure, so `--dry-run` prints the
+//! same plan) and then executed. Pre-downgrade backups are never removed by retention.
 
-use std::collections::BTreeMap;
-
-use futures_util::sink::SinkExt;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::backup::manifest::{check_backup_id, Kind, Manifest, MANIFEST_NAME};
-use crate::backup::read::pump;
+use super::catalog::{created, Catalog, Incomplete};
+use super::manifest::{Kind, Manifest};
 use crate::config::RetentionConfig;
-use crate::store::{ObjectInfo, PendingUpload, Store};
-
-/// A folder in the store that has objects but no manifest.
-#[derive(Debug, Clone, Serialize)]
-pub struct Incomplete {
-    pub id: String,
-    pub objects: Vec<String>,
-    #[serde(skip)]
-    pub newest: Option<OffsetDateTime>,
-}
-
-/// Everything found in a store.
-#[derive(Debug, Clone, Default)]
-pub struct Catalog {
-    /// Newest first.
-    pub backups: Vec<Manifest>,
-    pub incomplete: Vec<Incomplete>,
-    /// Folders whose manifest could not be read, with the reason.
-    pub unreadable: Vec<(String, String)>,
-}
-
-/// Reads every manifest in the store.
-pub async fn scan(store: &Store) -> anyhow::Result<Catalog> {
-    let objects = store.list("").await?;
-    let mut folders: BTreeMap<String, Vec<ObjectInfo>> = BTreeMap::new();
-    for o in objects {
-        if let Some((id, _)) = o.key.split_once('/') {
-            if check_backup_id(id).is_ok() {
-                folders.entry(id.to_string()).or_default().push(o);
-            }
-        }
-    }
-    let mut catalog = Catalog::default();
-    for (id, objects) in folders {
-        let has_manifest = objects
-            .iter()
-            .any(|o| o.key == format!("{id}/{MANIFEST_NAME}"));
-        if !has_manifest {
-            catalog.incomplete.push(Incomplete {
-                newest: objects.iter().filter_map(|o| o.modified).max(),
-                objects: objects.into_iter().map(|o| o.key).collect(),
-                id,
-            });
-            continue;
-        }
-        match store
-            .get(&Manifest::manifest_key(&id))
-            .await
-            .and_then(|d| Manifest::parse(&d, &id))
-        {
-            Ok(m) => catalog.backups.push(m),
-            Err(e) => catalog.unreadable.push((id, format!("{e:#}"))),
-        }
-    }
-    // Ids sort by time to the second; the manifest's timestamp breaks ties within one.
-    catalog
-        .backups
-        .sort_by(|a, b| (created(b), &b.id).cmp(&(created(a), &a.id)));
-    Ok(catalog)
-}
-
-/// One table's verification result.
-#[derive(Debug, Clone, Serialize)]
-pub struct TableCheck {
-    pub table: String,
-    pub ok: bool,
-    pub rows: Option<u64>,
-    pub problem: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct VerifyResult {
-    pub id: String,
-    pub ok: bool,
-    pub tables: Vec<TableCheck>,
-}
-
-/// Re-reads every object of a backup: SHA-256, decompression, CSV records and header.
-pub async fn verify(store: &Store, manifest: &Manifest) -> VerifyResult {
-    let mut tables = Vec::new();
-    for entry in &manifest.tables {
-        let mut sink = std::pin::pin!(futures_util::sink::drain()
-            .sink_map_err(|e: std::convert::Infallible| anyhow::anyhow!("{e}")));
-        let outcome = pump(store, entry, sink.as_mut())
-            .await
-            .and_then(|stats| stats.check(entry).map(|()| stats.rows));
-        tables.push(match outcome {
-            Ok(rows) => TableCheck {
-                table: entry.name.clone(),
-                ok: true,
-                rows: Some(rows),
-                problem: None,
-            },
-            Err(e) => TableCheck {
-                table: entry.name.clone(),
-                ok: false,
-                rows: None,
-                problem: Some(format!("{e:#}")),
-            },
-        });
-    }
-    VerifyResult {
-        id: manifest.id.clone(),
-        ok: tables.iter().all(|t| t.ok),
-        tables,
-    }
-}
+use crate::store::{PendingUpload, Store};
 
 /// A backup `prune` keeps or removes, and why.
 #[derive(Debug, Clone, Serialize)]
@@ -140,14 +27,6 @@ pub struct PrunePlan {
     pub stale_uploads: Vec<(String, String)>,
     #[serde(skip)]
     pending: Vec<PendingUpload>,
-}
-
-fn created(m: &Manifest) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(
-        &m.created_at,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .ok()
 }
 
 /// Applies `[retention]` to manual and scheduled backups; pre-downgrade backups are kept.
@@ -241,36 +120,6 @@ pub async fn execute_prune(store: &Store, plan: &PrunePlan) -> anyhow::Result<()
         store.abort_pending(p).await?;
     }
     Ok(())
-}
-
-/// `1.5 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-/// `3h`, `2d`: how long ago a manifest was written.
-pub fn age(m: &Manifest, now: OffsetDateTime) -> String {
-    let Some(t) = created(m) else {
-        return "?".into();
-    };
-    let s = (now - t).whole_seconds().max(0);
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        7200..=172_799 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86_400),
-    }
 }
 
 #[cfg(test)]
@@ -399,12 +248,5 @@ mod tests {
         assert_eq!(plan.incomplete.len(), 1);
         assert_eq!(plan.incomplete[0].id, "old");
         assert_eq!(plan.stale_uploads, [("a".to_string(), "1".to_string())]);
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(3 * 1024 * 1024), "3.0 MiB");
     }
 }

@@ -21,11 +21,11 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::config::Host;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
+use super::error::PgError;
 use crate::config::DatabaseConfig;
-use crate::error::usage;
+use crate::error::{err, usage, Kind};
 
 /// libpq's `sslmode` values that backstop honours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,12 +157,15 @@ impl Database {
             } else {
                 "check that the server is running and reachable there, and the host, port and sslmode in the database url"
             };
-            anyhow::anyhow!(
+            err(
+                Kind::DatabaseUnavailable,
+                format!(
                 "could not connect to PostgreSQL at {} (user {}, database {}): {}; {hint}",
                 self.endpoints(),
                 self.config.get_user().unwrap_or("?"),
                 self.dbname(),
                 PgError::from(e).message
+            ),
             )
         })?;
         tokio::spawn(async move {
@@ -419,103 +422,6 @@ impl ServerCertVerifier for ChainVerifier {
     }
 }
 
-/// A PostgreSQL error flattened into one readable line, keeping the SQLSTATE so callers
-/// can still ask what happened (a lock timeout, a cancelled statement).
-#[derive(Debug, Clone)]
-pub struct PgError {
-    pub message: String,
-    pub code: Option<SqlState>,
-    /// 1-based character offset into the statement, when the server reported one.
-    pub position: Option<u32>,
-}
-
-impl From<tokio_postgres::Error> for PgError {
-    fn from(e: tokio_postgres::Error) -> PgError {
-        if let Some(db) = e.as_db_error() {
-            let mut message = db.message().to_string();
-            if let Some(detail) = db.detail() {
-                message.push_str(&format!(" (detail: {detail})"));
-            }
-            if let Some(hint) = db.hint() {
-                message.push_str(&format!(" (hint: {hint})"));
-            }
-            // For COPY this names the line and column of the offending row.
-            if let Some(place) = db.where_() {
-                message.push_str(&format!(" (at: {place})"));
-            }
-            let position = match db.position() {
-                Some(tokio_postgres::error::ErrorPosition::Original(p)) => Some(*p),
-                _ => None,
-            };
-            return PgError {
-                message,
-                code: Some(db.code().clone()),
-                position,
-            };
-        }
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(cause) = source {
-            message.push_str(&format!(": {cause}"));
-            source = cause.source();
-        }
-        PgError {
-            message,
-            code: e.code().cloned(),
-            position: None,
-        }
-    }
-}
-
-impl fmt::Display for PgError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for PgError {}
-
-impl PgError {
-    /// The line of `sql` the server's error position points at.
-    pub fn line_in(&self, sql: &str) -> Option<usize> {
-        let pos = self.position? as usize;
-        let before: String = sql.chars().take(pos.saturating_sub(1)).collect();
-        Some(before.matches('\n').count() + 1)
-    }
-}
-
-/// `.pg(|| "what was being done")` on tokio-postgres results.
-pub trait PgContext<T> {
-    fn pg<C: fmt::Display + Send + Sync + 'static>(
-        self,
-        what: impl FnOnce() -> C,
-    ) -> anyhow::Result<T>;
-}
-
-impl<T> PgContext<T> for Result<T, tokio_postgres::Error> {
-    fn pg<C: fmt::Display + Send + Sync + 'static>(
-        self,
-        what: impl FnOnce() -> C,
-    ) -> anyhow::Result<T> {
-        self.map_err(|e| anyhow::Error::new(PgError::from(e)).context(what()))
-    }
-}
-
-/// Quotes an SQL identifier, as `quote_ident` does, but always.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// `"schema"."name"`.
-pub fn qualified(schema: &str, name: &str) -> String {
-    format!("{}.{}", quote_ident(schema), quote_ident(name))
-}
-
-/// Quotes a string literal for the rare statement that cannot take parameters (SET, CREATE DATABASE).
-pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -545,10 +451,7 @@ mod tests {
             &DatabaseConfig::default(),
         )
         .unwrap_err();
-        assert_eq!(
-            crate::error::ExitCode::of(&err),
-            crate::error::ExitCode::Usage
-        );
+        assert_eq!(crate::error::kind_of(&err), Kind::Usage);
         assert!(!format!("{err:#}").contains("secretpw"));
         assert!(format!("{err:#}").contains("sometimes"));
     }
@@ -559,13 +462,6 @@ mod tests {
         assert_eq!(db.describe(), "app@db.example.com:6543/appdb");
         assert!(!format!("{db:?}").contains("secretpw"));
         assert_eq!(db.with_dbname("other").dbname(), "other");
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(quote_ident(r#"we"ird"#), r#""we""ird""#);
-        assert_eq!(qualified("public", "tasks"), r#""public"."tasks""#);
-        assert_eq!(quote_literal("it's"), "'it''s'");
     }
 
     #[test]

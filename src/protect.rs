@@ -7,15 +7,14 @@
 //! it. Columns count as lost when they are dropped; then the primary key plus those columns
 //! are enough to put the values back after a re-upgrade.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 use tokio_postgres::Transaction;
 
 use crate::backup::export::TableSpec;
 use crate::backup::manifest::{ColumnEntry, Scope};
-use crate::db::{qualified, PgContext, PgError};
-use crate::migrate::engine::{PlannedStep, OWN_TABLES};
+use crate::migrate::PlannedStep;
+use crate::pg::catalog::storage_state;
+use crate::pg::{qualified, PgContext, PgError};
 
 /// One table the downgrade would take data from.
 #[derive(Debug, Clone, Serialize)]
@@ -32,63 +31,13 @@ pub struct Loss {
     pub estimated_bytes: i64,
 }
 
-#[derive(Default)]
-struct CatalogState {
-    /// oid → (name, relfilenode)
-    tables: BTreeMap<u32, (String, u32)>,
-    /// (oid, attnum) → name, for live columns
-    columns: BTreeMap<(u32, i16), String>,
-    /// oid → rows deleted + updated in this transaction so far
-    writes: BTreeMap<u32, i64>,
-}
-
-async fn catalog(tx: &Transaction<'_>, schema: &str) -> anyhow::Result<CatalogState> {
-    let own: &[&str] = OWN_TABLES;
-    let mut state = CatalogState::default();
-    for r in tx
-        .query(
-            "SELECT c.oid, c.relname::text, c.relfilenode FROM pg_catalog.pg_class c
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relname <> ALL($2)",
-            &[&schema, &own],
-        )
-        .await
-        .pg(|| "reading the catalog")?
-    {
-        state.tables.insert(r.get(0), (r.get(1), r.get(2)));
-    }
-    let oids: Vec<u32> = state.tables.keys().copied().collect();
-    for r in tx
-        .query(
-            "SELECT attrelid, attnum, attname::text FROM pg_catalog.pg_attribute
-             WHERE attrelid = ANY($1) AND attnum > 0 AND NOT attisdropped",
-            &[&oids],
-        )
-        .await
-        .pg(|| "reading the catalog's columns")?
-    {
-        state.columns.insert((r.get(0), r.get(1)), r.get(2));
-    }
-    for r in tx
-        .query(
-            "SELECT relid, n_tup_upd + n_tup_del FROM pg_catalog.pg_stat_xact_user_tables WHERE relid = ANY($1)",
-            &[&oids],
-        )
-        .await
-        .pg(|| "reading this transaction's row changes")?
-    {
-        state.writes.insert(r.get(0), r.get(1));
-    }
-    Ok(state)
-}
-
 /// Runs `steps` inside a savepoint, compares, rolls back. The transaction is left as it was.
 pub async fn find_losses(
     tx: &Transaction<'_>,
     schema: &str,
     steps: &[PlannedStep],
 ) -> anyhow::Result<Vec<Loss>> {
-    let before = catalog(tx, schema).await?;
+    let before = storage_state(tx, schema).await?;
     tx.batch_execute("SAVEPOINT backstop_plan")
         .await
         .pg(|| "starting the downgrade plan")?;
@@ -109,7 +58,7 @@ pub async fn find_losses(
         }
     }
     let after = match &ran {
-        Ok(()) => Some(catalog(tx, schema).await),
+        Ok(()) => Some(storage_state(tx, schema).await),
         Err(_) => None,
     };
     tx.batch_execute("ROLLBACK TO SAVEPOINT backstop_plan; RELEASE SAVEPOINT backstop_plan")

@@ -8,16 +8,21 @@
 //! each step returns exactly to the snapshot taken before that migration; re-applies to head
 //! and checks the schema is identical to the first time.
 
-use std::future::Future;
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Serialize;
 
+use super::downgrade::{downgrade, DowngradeOptions};
+use super::migration::Migrator;
+use super::upgrade::{upgrade, UpgradeOptions};
+use crate::backup::manifest::random_hex;
 use crate::config::{BackupConfig, DatabaseConfig};
-use crate::db::{quote_ident, Database, PgContext};
-use crate::migrate::{DownTarget, Engine, MigrateRequest, MigrationSet, Target, UpTarget};
+use crate::context::OpContext;
+use crate::migrate::{DownTarget, MigrationSet, UpTarget};
+use crate::pg::{quote_ident, Database, PgContext};
 use crate::schema::Snapshot;
-use crate::store::{DirStore, Store};
+use crate::store::DirStore;
 
 /// What `rollback-test` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -122,17 +127,17 @@ const CRITERIA: [&str; 7] = [
 ];
 
 /// Runs the procedure on a new scratch database next to `db`, dropping it afterwards
-/// (unless `keep`), also when `interrupted` resolves first (Ctrl-C, SIGTERM).
+/// (unless `keep`), also when `ctx` is cancelled first (Ctrl-C, SIGTERM).
 pub async fn run(
     db: &Database,
     settings: &DatabaseConfig,
     set: &MigrationSet,
     expected: Option<Snapshot>,
     options: &RollbackTestOptions,
-    interrupted: impl Future<Output = ()>,
+    ctx: &OpContext,
 ) -> anyhow::Result<RollbackTestReport> {
     let admin = db.connect().await?;
-    let name = format!("backstop_rt_{}", crate::backup::manifest::random_hex(12));
+    let name = format!("backstop_rt_{}", random_hex(12));
     admin
         .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name)))
         .await
@@ -144,8 +149,8 @@ pub async fn run(
     // Pre-downgrade backups of the scratch database go to a directory of their own.
     let backups = std::env::temp_dir().join(format!("{name}-backups"));
     let outcome = tokio::select! {
-        r = procedure(&scratch, settings, set, expected, options.rows, &backups) => r,
-        _ = interrupted => Err(anyhow::anyhow!("interrupted")),
+        r = procedure(&scratch, settings, set, expected, options.rows, &backups, ctx) => r,
+        _ = ctx.cancelled() => Err(ctx.interrupted()),
     };
     let _ = std::fs::remove_dir_all(&backups);
     let kept = options.keep;
@@ -219,12 +224,13 @@ async fn procedure(
     expected: Option<Snapshot>,
     rows: u64,
     backups: &std::path::Path,
+    ctx: &OpContext,
 ) -> anyhow::Result<RollbackTestReport> {
-    let store = Store::Dir(DirStore::new(backups.to_path_buf()));
-    let engine = Engine::new(scratch.clone(), settings.clone(), set.clone())
+    let store = Arc::new(DirStore::new(backups.to_path_buf()));
+    let engine = Migrator::new(scratch.clone(), settings.clone(), set.clone())
         .with_store(store, BackupConfig::default());
     let schema = settings.schema.as_str();
-    let snap = || Snapshot::capture(scratch, schema, settings.statement_timeout_secs);
+    let snap = || Snapshot::capture(scratch, settings);
     let revisions: Vec<String> = set.migrations.iter().map(|m| m.revision.clone()).collect();
     let mut list = Checklist::new();
     let report = |list: Checklist| RollbackTestReport {
@@ -234,23 +240,25 @@ async fn procedure(
         criteria: list.criteria,
         differences: list.differences,
     };
-    let step = |target: Target| MigrateRequest {
+    let up = |target: UpTarget| UpgradeOptions {
+        target,
+        dry_run: false,
+        allow_drift: false,
+        restore: None,
+        restore_skip: Vec::new(),
+    };
+    let down = |target: DownTarget| DowngradeOptions {
         target,
         dry_run: false,
         allow_drift: false,
         // With data, every step is backed up; without, there is nothing to lose.
         allow_data_loss: rows == 0,
-        restore: None,
-        restore_skip: Vec::new(),
     };
 
     // 1. Apply every migration from empty, one step at a time.
     let mut snapshots = vec![snap().await?];
     for rev in &revisions {
-        if let Err(e) = engine
-            .migrate(&step(Target::Up(UpTarget::Relative(1))))
-            .await
-        {
+        if let Err(e) = upgrade(&engine, &up(UpTarget::Relative(1)), ctx).await {
             list.set("upgrade applies", Outcome::Fail, format!("{rev}: {e:#}"));
             return Ok(report(list));
         }
@@ -305,10 +313,7 @@ async fn procedure(
     // 2. Revert one step at a time; each must land exactly on the snapshot before it.
     let mut reverted_cleanly = true;
     for (i, rev) in revisions.iter().enumerate().rev() {
-        if let Err(e) = engine
-            .migrate(&step(Target::Down(DownTarget::Relative(1))))
-            .await
-        {
+        if let Err(e) = downgrade(&engine, &down(DownTarget::Relative(1)), ctx).await {
             list.set("downgrade succeeds", Outcome::Fail, format!("{rev}: {e:#}"));
             return Ok(report(list));
         }
@@ -345,11 +350,11 @@ async fn procedure(
 
     // 3. Re-apply to head (restoring each step's backup); the schema must be the one of the
     // first pass and every row must be back.
-    let mut up = step(Target::Up(UpTarget::Head));
+    let mut to_head = up(UpTarget::Head);
     if before_data.is_some() {
-        up.restore = Some("latest".into());
+        to_head.restore = Some("latest".into());
     }
-    if let Err(e) = engine.migrate(&up).await {
+    if let Err(e) = upgrade(&engine, &to_head, ctx).await {
         list.set("re-apply succeeds", Outcome::Fail, format!("{e:#}"));
         return Ok(report(list));
     }

@@ -1,0 +1,304 @@
+//! The ledger: the only reader and writer of backstop's own tables.
+//!
+//! `backstop_migrations` records each applied revision with its checksum;
+//! `backstop_downgrades` records each backed-up downgrade, written in the downgrade's own
+//! transaction (guarantee 7), so a backup whose downgrade committed can be told from one
+//! whose downgrade never happened, and `upgrade --restore` knows which backups are open.
+//! Every write takes the caller's transaction, so it commits or rolls back with the change.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_postgres::GenericClient;
+
+use crate::pg::{qualified, quote_ident, PgContext};
+
+pub use crate::pg::catalog::{BOOKKEEPING_TABLE, DOWNGRADES_TABLE, OWN_TABLES};
+
+/// One row of `backstop_migrations`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppliedRow {
+    pub revision: String,
+    pub checksum: String,
+    pub applied_at: String,
+    pub duration_ms: i64,
+}
+
+/// One row of `backstop_downgrades`.
+#[derive(Debug, Clone)]
+pub struct DowngradeRecord {
+    pub backup_id: String,
+    /// The revision the downgrade started from.
+    pub from_revision: Option<String>,
+    /// The revision the downgrade went to.
+    pub to_revision: Option<String>,
+    pub restored: bool,
+}
+
+/// backstop's tables in one schema.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    schema: String,
+}
+
+impl Ledger {
+    pub fn new(schema: &str) -> Ledger {
+        Ledger {
+            schema: schema.to_string(),
+        }
+    }
+
+    fn migrations(&self) -> String {
+        qualified(&self.schema, BOOKKEEPING_TABLE)
+    }
+
+    fn downgrades(&self) -> String {
+        qualified(&self.schema, DOWNGRADES_TABLE)
+    }
+
+    async fn exists(&self, client: &impl GenericClient, table: &str) -> anyhow::Result<bool> {
+        Ok(client
+            .query_one(
+                "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+                &[&qualified(&self.schema, table)],
+            )
+            .await
+            .pg(|| format!("checking for {table}"))?
+            .get(0))
+    }
+
+    /// Creates the schema and both tables if they are missing.
+    pub async fn ensure(&self, client: &impl GenericClient) -> anyhow::Result<()> {
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema};
+                 CREATE TABLE IF NOT EXISTS {table} (
+                     revision text PRIMARY KEY,
+                     checksum text NOT NULL,
+                     applied_at timestamptz NOT NULL DEFAULT now(),
+                     duration_ms bigint NOT NULL DEFAULT 0
+                 );
+                 CREATE TABLE IF NOT EXISTS {downgrades} (
+                     backup_id text PRIMARY KEY,
+                     from_revision text,
+                     to_revision text,
+                     downgraded_at timestamptz NOT NULL DEFAULT now(),
+                     restored_at timestamptz
+                 )",
+                schema = quote_ident(&self.schema),
+                table = self.migrations(),
+                downgrades = self.downgrades()
+            ))
+            .await
+            .pg(|| format!("creating {}", self.migrations()))
+    }
+
+    /// The applied revisions, or `None` when `backstop_migrations` does not exist yet.
+    pub async fn applied(
+        &self,
+        client: &impl GenericClient,
+    ) -> anyhow::Result<Option<Vec<AppliedRow>>> {
+        if !self.exists(client, BOOKKEEPING_TABLE).await? {
+            return Ok(None);
+        }
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT revision, checksum, applied_at::text, duration_ms FROM {}",
+                    self.migrations()
+                ),
+                &[],
+            )
+            .await
+            .pg(|| format!("reading {}", self.migrations()))?;
+        Ok(Some(
+            rows.iter()
+                .map(|row| AppliedRow {
+                    revision: row.get(0),
+                    checksum: row.get(1),
+                    applied_at: row.get(2),
+                    duration_ms: row.get(3),
+                })
+                .collect(),
+        ))
+    }
+
+    /// The highest recorded revision (by its number), or `None`. Reads through `client`, so
+    /// inside a snapshot if it is one.
+    pub async fn recorded_revision(
+        &self,
+        client: &impl GenericClient,
+    ) -> anyhow::Result<Option<String>> {
+        let number = |r: &String| {
+            r.split('_')
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok(self
+            .applied(client)
+            .await?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.revision)
+            .max_by_key(number))
+    }
+
+    /// Records `revision` as applied, inside the step's transaction.
+    pub async fn record_applied(
+        &self,
+        tx: &impl GenericClient,
+        revision: &str,
+        checksum: &str,
+        took: Duration,
+    ) -> anyhow::Result<()> {
+        let n = tx
+            .execute(
+                &format!(
+                    "INSERT INTO {} (revision, checksum, applied_at, duration_ms) VALUES ($1, $2, now(), $3)",
+                    self.migrations()
+                ),
+                &[&revision, &checksum, &(took.as_millis() as i64)],
+            )
+            .await
+            .pg(|| format!("recording {revision} in {}", self.migrations()))?;
+        self.one_row(n, revision)
+    }
+
+    /// Records `revision` as reverted, inside the step's transaction.
+    pub async fn record_reverted(
+        &self,
+        tx: &impl GenericClient,
+        revision: &str,
+    ) -> anyhow::Result<()> {
+        let n = tx
+            .execute(
+                &format!("DELETE FROM {} WHERE revision = $1", self.migrations()),
+                &[&revision],
+            )
+            .await
+            .pg(|| format!("recording {revision} in {}", self.migrations()))?;
+        self.one_row(n, revision)
+    }
+
+    fn one_row(&self, n: u64, revision: &str) -> anyhow::Result<()> {
+        if n != 1 {
+            anyhow::bail!(
+                "recording {revision} in {} touched {n} rows instead of 1; the step was rolled back",
+                self.migrations()
+            );
+        }
+        Ok(())
+    }
+
+    /// Makes exactly `revisions` (revision, checksum) the applied set, without running SQL.
+    pub async fn stamp(
+        &self,
+        tx: &impl GenericClient,
+        revisions: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let wanted: Vec<&str> = revisions.iter().map(|(r, _)| *r).collect();
+        tx.execute(
+            &format!(
+                "DELETE FROM {} WHERE revision <> ALL($1)",
+                self.migrations()
+            ),
+            &[&wanted],
+        )
+        .await
+        .pg(|| "removing revisions above the stamp")?;
+        for (revision, checksum) in revisions {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {} (revision, checksum, duration_ms) VALUES ($1, $2, 0) ON CONFLICT (revision) DO NOTHING",
+                    self.migrations()
+                ),
+                &[revision, checksum],
+            )
+            .await
+            .pg(|| format!("recording {revision}"))?;
+        }
+        Ok(())
+    }
+
+    /// Records a downgrade's backup, inside the downgrade's transaction.
+    pub async fn record_downgrade(
+        &self,
+        tx: &impl GenericClient,
+        backup_id: &str,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> anyhow::Result<()> {
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (backup_id, from_revision, to_revision) VALUES ($1, $2, $3)",
+                self.downgrades()
+            ),
+            &[&backup_id, &from, &to],
+        )
+        .await
+        .pg(|| "recording the downgrade's backup")?;
+        Ok(())
+    }
+
+    /// Marks a downgrade's backup as put back, inside the restoring transaction.
+    pub async fn mark_restored(
+        &self,
+        tx: &impl GenericClient,
+        backup_id: &str,
+    ) -> anyhow::Result<()> {
+        tx.execute(
+            &format!(
+                "UPDATE {} SET restored_at = now() WHERE backup_id = $1",
+                self.downgrades()
+            ),
+            &[&backup_id],
+        )
+        .await
+        .pg(|| "recording the restore")?;
+        Ok(())
+    }
+
+    /// Every recorded downgrade, newest first.
+    pub async fn downgrades_recorded(
+        &self,
+        client: &impl GenericClient,
+    ) -> anyhow::Result<Vec<DowngradeRecord>> {
+        Ok(client
+            .query(
+                &format!(
+                    "SELECT backup_id, from_revision, to_revision, restored_at IS NOT NULL FROM {} ORDER BY downgraded_at DESC, backup_id DESC",
+                    self.downgrades()
+                ),
+                &[],
+            )
+            .await
+            .pg(|| "reading the recorded downgrades")?
+            .iter()
+            .map(|r| DowngradeRecord {
+                backup_id: r.get(0),
+                from_revision: r.get(1),
+                to_revision: r.get(2),
+                restored: r.get(3),
+            })
+            .collect())
+    }
+
+    /// backup id → whether its data was restored, for backups whose downgrade committed.
+    /// Empty when the table does not exist (nothing was ever downgraded here).
+    pub async fn downgrade_outcomes(
+        &self,
+        client: &impl GenericClient,
+    ) -> anyhow::Result<BTreeMap<String, bool>> {
+        if !self.exists(client, DOWNGRADES_TABLE).await? {
+            return Ok(BTreeMap::new());
+        }
+        Ok(self
+            .downgrades_recorded(client)
+            .await?
+            .into_iter()
+            .map(|r| (r.backup_id, r.restored))
+            .collect())
+    }
+}

@@ -1,0 +1,161 @@
+//! Running one planned script with its bookkeeping: in a transaction of its own, inside a
+//! caller's transaction (protected downgrades, `upgrade --restore`), or outside any
+//! transaction for scripts marked `backstop:no-transaction`.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, GenericClient};
+
+use super::plan::{Direction, PlannedStep};
+use crate::error::{err, Kind};
+use crate::ledger::Ledger;
+use crate::pg::{PgContext, PgError};
+
+/// What one executed step did.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub revision: String,
+    pub direction: Direction,
+    pub duration_ms: u64,
+}
+
+/// Runs steps against one database and records them in its ledger.
+pub struct StepRunner<'a> {
+    pub ledger: &'a Ledger,
+    /// For the message when a step waited too long for a lock.
+    pub lock_timeout_secs: u64,
+}
+
+impl Direction {
+    /// The script this direction runs.
+    pub fn file(self) -> &'static str {
+        match self {
+            Direction::Up => "up.sql",
+            Direction::Down => "down.sql",
+        }
+    }
+}
+
+impl StepRunner<'_> {
+    /// A failed script as a message naming the file, the revision and (when the server
+    /// says) the line; a lock wait that timed out is [`Kind::LockHeld`].
+    pub fn error(&self, e: tokio_postgres::Error, file: &str, step: &PlannedStep) -> anyhow::Error {
+        let pg = PgError::from(e);
+        let place = pg
+            .line_in(&step.sql)
+            .map(|l| format!(" at line {l}"))
+            .unwrap_or_default();
+        if pg.code.as_ref() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+            err(
+                Kind::LockHeld,
+                format!(
+                    "{file} of {} waited more than {}s for a lock held by another session ({}); retry when the table is idle or raise [database] lock_timeout_secs",
+                    step.revision, self.lock_timeout_secs, pg.message
+                ),
+            )
+        } else {
+            anyhow::anyhow!("{file} of {} failed{place}: {}", step.revision, pg.message)
+        }
+    }
+
+    /// Records a step in the ledger, inside `tx`.
+    pub async fn record(
+        &self,
+        tx: &impl GenericClient,
+        direction: Direction,
+        step: &PlannedStep,
+        took: Duration,
+    ) -> anyhow::Result<()> {
+        match direction {
+            Direction::Up => {
+                self.ledger
+                    .record_applied(tx, &step.revision, &step.checksum, took)
+                    .await
+            }
+            Direction::Down => self.ledger.record_reverted(tx, &step.revision).await,
+        }
+    }
+
+    /// Runs a step and its bookkeeping inside the caller's transaction.
+    pub async fn run_in(
+        &self,
+        tx: &impl GenericClient,
+        direction: Direction,
+        step: &PlannedStep,
+    ) -> anyhow::Result<StepReport> {
+        let started = Instant::now();
+        tracing::info!(
+            "{} {} ({})",
+            verb(direction),
+            step.revision,
+            direction.file()
+        );
+        tx.batch_execute(&step.sql)
+            .await
+            .map_err(|e| self.error(e, direction.file(), step))?;
+        self.record(tx, direction, step, started.elapsed()).await?;
+        Ok(report(direction, step, started))
+    }
+
+    /// Runs a step in a transaction of its own (or, for a no-transaction script, outside
+    /// any, with the bookkeeping in a transaction right after).
+    pub async fn run(
+        &self,
+        client: &mut Client,
+        direction: Direction,
+        step: &PlannedStep,
+    ) -> anyhow::Result<StepReport> {
+        let file = direction.file();
+        tracing::info!("{} {} ({file})", verb(direction), step.revision);
+        let started = Instant::now();
+        let explain = |e: tokio_postgres::Error| -> anyhow::Error {
+            let after = if step.no_transaction {
+                "; it ran outside a transaction (backstop:no-transaction), so part of it may have been applied: check the schema by hand"
+            } else {
+                "; the step was rolled back"
+            };
+            let e = self.error(e, file, step);
+            let kind = crate::error::kind_of(&e);
+            err(kind, format!("{e:#}{after}"))
+        };
+        if step.no_transaction {
+            client.batch_execute(&step.sql).await.map_err(explain)?;
+            let tx = client
+                .transaction()
+                .await
+                .pg(|| "starting the bookkeeping")?;
+            self.record(&tx, direction, step, started.elapsed()).await?;
+            tx.commit()
+                .await
+                .pg(|| format!("recording {}", step.revision))?;
+        } else {
+            let tx = client
+                .transaction()
+                .await
+                .pg(|| format!("starting {}", step.revision))?;
+            tx.batch_execute(&step.sql).await.map_err(explain)?;
+            self.record(&tx, direction, step, started.elapsed()).await?;
+            tx.commit()
+                .await
+                .pg(|| format!("committing {} ({file})", step.revision))?;
+        }
+        Ok(report(direction, step, started))
+    }
+}
+
+fn verb(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Up => "applying",
+        Direction::Down => "reverting",
+    }
+}
+
+fn report(direction: Direction, step: &PlannedStep, started: Instant) -> StepReport {
+    StepReport {
+        revision: step.revision.clone(),
+        direction,
+        duration_ms: started.elapsed().as_millis() as u64,
+    }
+}

@@ -1,0 +1,76 @@
+//! `backup`: a consistent backup of the requested tables, taken from one REPEATABLE READ
+//! snapshot that parallel workers share. Manual and scheduled backups, and the whole-schema
+//! backup before a no-transaction downgrade, all go through [`take`].
+
+use serde::Serialize;
+use tokio_postgres::IsolationLevel;
+
+use crate::backup::manifest::{Kind, Manifest};
+use crate::backup::{describe_tables, export, ManifestHeader, Workers};
+use crate::config::{BackupConfig, DatabaseConfig};
+use crate::context::OpContext;
+use crate::error::usage;
+use crate::ledger::Ledger;
+use crate::pg::session::pin_session;
+use crate::pg::{Database, PgContext};
+use crate::store::Store;
+
+/// What to back up.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupOptions {
+    pub kind: Kind,
+    /// Table names in the configured schema; empty means `[backup] tables`, else every table.
+    pub tables: Vec<String>,
+    pub label: Option<String>,
+    /// For a backup taken before a downgrade: the revision it goes to.
+    pub target_revision: Option<String>,
+}
+
+/// Takes the backup and returns its manifest; on failure nothing is left in the store.
+pub async fn take(
+    db: &Database,
+    settings: &DatabaseConfig,
+    config: &BackupConfig,
+    store: &Store,
+    options: &BackupOptions,
+    ctx: &OpContext,
+) -> anyhow::Result<Manifest> {
+    store.check().await?;
+    let mut client = db.connect().await?;
+    pin_session(&client, settings).await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .pg(|| "starting the backup transaction")?;
+    let wanted = if options.tables.is_empty() {
+        &config.tables
+    } else {
+        &options.tables
+    };
+    let specs = describe_tables(&tx, &settings.schema, wanted).await?;
+    if specs.is_empty() {
+        return usage(format!(
+            "schema {} has no tables to back up",
+            settings.schema
+        ));
+    }
+    let header = ManifestHeader {
+        kind: options.kind,
+        label: options.label.clone(),
+        schema: settings.schema.clone(),
+        revision: Ledger::new(&settings.schema).recorded_revision(&tx).await?,
+        target_revision: options.target_revision.clone(),
+        zstd_level: config.zstd_level,
+    };
+    let workers = Workers {
+        db,
+        settings,
+        extra: config.parallelism.max(1) - 1,
+    };
+    let manifest = export(&tx, Some(workers), store, header, &specs, ctx).await?;
+    tx.commit().await.pg(|| "ending the backup transaction")?;
+    Ok(manifest)
+}

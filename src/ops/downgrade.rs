@@ -1,0 +1,245 @@
+//! `downgrade TARGET`: revert migrations, backing up first what the down SQL destroys.
+//!
+//! Guarantee 1: plan (the down SQL in a savepoint, the catalog compared), lock what it
+//! touches, export from that same transaction and write the manifest, then run the down
+//! SQL and the bookkeeping, all in one transaction; any failure rolls everything back. A
+//! step that cannot run in a transaction cannot be planned in a savepoint: then every table
+//! of the schema is backed up first and the steps run one by one.
+
+use anyhow::Context;
+use tokio_postgres::Client;
+
+use super::backup::{take, BackupOptions};
+use super::migration::{MigrateReport, Migrator, Protection};
+use crate::backup::describe_tables;
+use crate::backup::manifest::{Kind, Scope};
+use crate::backup::{export, ManifestHeader};
+use crate::context::OpContext;
+use crate::error::{err, refused, Kind as ErrorKind, WithKind};
+use crate::migrate::{Direction, DownTarget, Target};
+use crate::pg::session::{EXPORT_SETTINGS, RESET_EXPORT_SETTINGS};
+use crate::pg::PgContext;
+use crate::protect::{column_spec, find_losses, lock_and_measure, Loss};
+
+/// What the user asked `downgrade` to do.
+#[derive(Debug, Clone)]
+pub struct DowngradeOptions {
+    pub target: DownTarget,
+    pub dry_run: bool,
+    /// Go on although an applied `up.sql` changed since it ran.
+    pub allow_drift: bool,
+    /// Downgrade without a backup; the caller has said that losing the data is acceptable.
+    pub allow_data_loss: bool,
+}
+
+/// Plans under the migration lock, backs up, then reverts; a dry run stops after planning.
+pub async fn downgrade(
+    m: &Migrator,
+    options: &DowngradeOptions,
+    ctx: &OpContext,
+) -> anyhow::Result<MigrateReport> {
+    m.locked(async |client| {
+        let target = Target::Down(options.target.clone());
+        let mut report = m
+            .prepare(client, &target, options.allow_drift, options.dry_run)
+            .await?;
+        if report.plan.steps.is_empty() {
+            return Ok(report);
+        }
+        if !options.allow_data_loss {
+            if report.plan.steps.iter().any(|s| s.no_transaction) {
+                return after_full_backup(m, client, report, ctx).await;
+            }
+            return protected(m, client, report, ctx).await;
+        }
+        if options.dry_run {
+            return Ok(report);
+        }
+        m.ledger().ensure(&*client).await?;
+        m.run_steps(client, &mut report).await?;
+        Ok(report)
+    })
+    .await
+}
+
+/// Why a failed backup refuses the downgrade, kept as the outermost kind.
+fn backup_failed(e: anyhow::Error) -> anyhow::Error {
+    err(
+        ErrorKind::Refused,
+        format!("the downgrade was refused because its backup failed: {e:#}; nothing was changed"),
+    )
+}
+
+async fn protected(
+    m: &Migrator,
+    client: &mut Client,
+    mut report: MigrateReport,
+    ctx: &OpContext,
+) -> anyhow::Result<MigrateReport> {
+    let store = m.store()?;
+    let schema = m.settings.schema.clone();
+    let ledger = m.ledger();
+    if !report.dry_run {
+        if let Err(e) = store.check().await {
+            return refused(format!(
+                "the downgrade needs a usable backup store and {} is not ({e:#}); nothing was changed",
+                store.describe()
+            ));
+        }
+        ledger.ensure(&*client).await?;
+    }
+    let from = report.plan.from.clone();
+    let stays_at = format!(
+        "the downgrade was rolled back; the database stays at revision {}",
+        from.as_deref().unwrap_or("(none)")
+    );
+    let tx = client.transaction().await.pg(|| "starting the downgrade")?;
+    let mut losses = find_losses(&tx, &schema, &report.plan.steps)
+        .await
+        .context(stays_at.clone())?;
+    lock_and_measure(&tx, &schema, &mut losses)
+        .await
+        .context(stays_at.clone())?;
+    let mut protection = Protection {
+        losses,
+        backup_id: None,
+        whole_schema: false,
+    };
+    if report.dry_run {
+        report.protection = Some(protection);
+        return Ok(report); // dropping the transaction rolls it back
+    }
+    let at_risk: Vec<&Loss> = protection
+        .losses
+        .iter()
+        .filter(|l| l.rows.unwrap_or(0) > 0)
+        .collect();
+    if at_risk.is_empty() {
+        tracing::info!("the downgrade destroys no rows, so it needs no backup");
+    } else {
+        tx.batch_execute(EXPORT_SETTINGS)
+            .await
+            .pg(|| "pinning the export settings")?;
+        let names: Vec<String> = at_risk.iter().map(|l| l.table.clone()).collect();
+        let described = describe_tables(&tx, &schema, &names).await?;
+        let mut specs = Vec::new();
+        for loss in &at_risk {
+            let whole = described
+                .iter()
+                .find(|s| s.name == loss.table)
+                .cloned()
+                .context("a table vanished while planning")?;
+            specs.extend(match loss.scope {
+                Scope::Table => Some(whole),
+                Scope::Columns => column_spec(loss, &whole),
+            });
+        }
+        let header = ManifestHeader {
+            kind: Kind::PreDowngrade,
+            label: None,
+            schema: schema.clone(),
+            revision: from.clone(),
+            target_revision: report.plan.to.clone(),
+            zstd_level: m.backup.zstd_level,
+        };
+        let manifest = export(&tx, None, store, header, &specs, ctx)
+            .await
+            .map_err(backup_failed)?;
+        tx.batch_execute(RESET_EXPORT_SETTINGS)
+            .await
+            .pg(|| "restoring the session settings")?;
+        tracing::info!("backed up {} table(s) as {}", at_risk.len(), manifest.id);
+        protection.backup_id = Some(manifest.id);
+    }
+    let runner = m.runner(&ledger);
+    for step in &report.plan.steps {
+        let done = runner
+            .run_in(&tx, Direction::Down, step)
+            .await
+            .context(stays_at.clone())?;
+        report.applied.push(done);
+    }
+    if let Some(id) = &protection.backup_id {
+        ledger
+            .record_downgrade(&tx, id, from.as_deref(), report.plan.to.as_deref())
+            .await?;
+    }
+    tx.commit()
+        .await
+        .pg(|| "committing the downgrade")
+        .context(stays_at)?;
+    report.protection = Some(protection);
+    report.current = m.status_with(&*client).await?.current_label();
+    Ok(report)
+}
+
+async fn after_full_backup(
+    m: &Migrator,
+    client: &mut Client,
+    mut report: MigrateReport,
+    ctx: &OpContext,
+) -> anyhow::Result<MigrateReport> {
+    let store = m.store()?;
+    let names: Vec<&str> = report
+        .plan
+        .steps
+        .iter()
+        .filter(|s| s.no_transaction)
+        .map(|s| s.revision.as_str())
+        .collect();
+    tracing::warn!(
+        "{} cannot run in a transaction (backstop:no-transaction), so every table of schema {} is backed up first; writes committed between that backup and the downgrade are not in it",
+        names.join(", "),
+        m.settings.schema
+    );
+    if report.dry_run {
+        report.protection = Some(Protection {
+            losses: Vec::new(),
+            backup_id: None,
+            whole_schema: true,
+        });
+        return Ok(report);
+    }
+    let options = BackupOptions {
+        kind: Kind::PreDowngrade,
+        tables: Vec::new(),
+        label: None,
+        target_revision: report.plan.to.clone(),
+    };
+    let every_table = crate::config::BackupConfig {
+        tables: Vec::new(),
+        ..m.backup.clone()
+    };
+    let manifest = take(&m.db, &m.settings, &every_table, store, &options, ctx)
+        .await
+        .map_err(backup_failed)?;
+    let ledger = m.ledger();
+    ledger.ensure(&*client).await?;
+    let runner = m.runner(&ledger);
+    for step in &report.plan.steps {
+        report
+            .applied
+            .push(runner.run(client, Direction::Down, step).await?);
+    }
+    ledger
+        .record_downgrade(
+            &*client,
+            &manifest.id,
+            report.plan.from.as_deref(),
+            report.plan.to.as_deref(),
+        )
+        .await
+        .kind(ErrorKind::Internal, || {
+            format!(
+                "the downgrade ran but its backup {} could not be recorded; `backstop restore {}` still brings the data back",
+                manifest.id, manifest.id
+            )
+        })?;
+    report.protection = Some(Protection {
+        losses: Vec::new(),
+        backup_id: Some(manifest.id),
+        whole_schema: true,
+    });
+    report.current = m.status_with(&*client).await?.current_label();
+    Ok(report)
+}

@@ -1,0 +1,92 @@
+//! `backups list` and `backups show ID`: what the store holds, and for pre-downgrade backups
+//! what became of their downgrade (guarantee 7), from the database's own record.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::backup::catalog::{scan, Catalog};
+use crate::backup::manifest::{Kind, Manifest};
+use crate::ledger::Ledger;
+use crate::pg::Database;
+use crate::restore::load_manifest;
+use crate::store::Store;
+
+/// What became of the downgrade a pre-downgrade backup was taken for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum DowngradeOutcome {
+    #[serde(rename = "downgrade committed")]
+    Committed,
+    #[serde(rename = "downgrade committed, data restored")]
+    Restored,
+    #[serde(rename = "downgrade never happened")]
+    NeverHappened,
+}
+
+impl DowngradeOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DowngradeOutcome::Committed => "downgrade committed",
+            DowngradeOutcome::Restored => "downgrade committed, data restored",
+            DowngradeOutcome::NeverHappened => "downgrade never happened",
+        }
+    }
+}
+
+/// The store's backups, newest first, with the outcome of each pre-downgrade backup.
+pub struct Listing {
+    pub store: String,
+    pub catalog: Catalog,
+    /// backup id → outcome; empty when the database cannot be asked. Only backups of this
+    /// database are judged.
+    pub outcomes: BTreeMap<String, DowngradeOutcome>,
+}
+
+/// Lists the store; `db` (when configured) tells what became of each downgrade.
+pub async fn list(store: &Store, db: Option<(&Database, &str)>) -> anyhow::Result<Listing> {
+    let catalog = scan(store).await?;
+    let outcomes = match db {
+        Some((db, schema)) => outcomes(db, schema, &catalog.backups).await,
+        None => BTreeMap::new(),
+    };
+    Ok(Listing {
+        store: store.describe(),
+        catalog,
+        outcomes,
+    })
+}
+
+async fn outcomes(
+    db: &Database,
+    schema: &str,
+    backups: &[Manifest],
+) -> BTreeMap<String, DowngradeOutcome> {
+    let mut out = BTreeMap::new();
+    if !backups.iter().any(|m| m.kind == Kind::PreDowngrade) {
+        return out;
+    }
+    let Ok(client) = db.connect().await else {
+        return out;
+    };
+    let recorded = Ledger::new(schema)
+        .downgrade_outcomes(&client)
+        .await
+        .unwrap_or_default();
+    for m in backups
+        .iter()
+        .filter(|m| m.kind == Kind::PreDowngrade && m.database.name == db.dbname())
+    {
+        let outcome = match recorded.get(&m.id) {
+            Some(true) => DowngradeOutcome::Restored,
+            Some(false) => DowngradeOutcome::Committed,
+            None => DowngradeOutcome::NeverHappened,
+        };
+        out.insert(m.id.clone(), outcome);
+    }
+    out
+}
+
+/// One backup's manifest.
+pub async fn show(store: &Store, id: &str) -> anyhow::Result<Manifest> {
+    load_manifest(store, id).await
+}

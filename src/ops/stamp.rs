@@ -1,0 +1,47 @@
+//! `stamp`: record a revision as the current one without running SQL, for adopting a
+//! database whose schema some other tool created.
+
+use serde::Serialize;
+
+use super::migration::Migrator;
+use crate::migrate::plan::known;
+use crate::pg::PgContext;
+
+/// The outcome of `stamp`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StampReport {
+    pub database: String,
+    pub previous: Option<String>,
+    pub current: Option<String>,
+}
+
+/// Records `target` (a revision, `head` or `base`) as the current revision.
+pub async fn stamp(m: &Migrator, target: &str) -> anyhow::Result<StampReport> {
+    let keep = match target {
+        "base" => 0,
+        "head" => m.set.migrations.len(),
+        rev => {
+            known(&m.set, rev)?;
+            m.set.position(rev).unwrap_or(0) + 1
+        }
+    };
+    m.locked(async |client| {
+        let ledger = m.ledger();
+        let previous = m.status_with(&*client).await?.current;
+        ledger.ensure(&*client).await?;
+        let tx = client.transaction().await.pg(|| "starting stamp")?;
+        let wanted: Vec<(&str, &str)> = m.set.migrations[..keep]
+            .iter()
+            .map(|m| (m.revision.as_str(), m.checksum.as_str()))
+            .collect();
+        ledger.stamp(&tx, &wanted).await?;
+        tx.commit().await.pg(|| "committing stamp")?;
+        let current = m.status_with(&*client).await?.current;
+        Ok(StampReport {
+            database: m.db.describe(),
+            previous,
+            current,
+        })
+    })
+    .await
+}

@@ -1,0 +1,194 @@
+//! The restore plan, pure: which entries of a backup load whole and which go back by
+//! primary key, in which order, and what the mode means for each table.
+
+use super::RestoreMode;
+use crate::backup::manifest::{Manifest, Scope, TableEntry};
+use crate::error::usage;
+
+/// What a restore of (part of) a backup will do.
+#[derive(Debug)]
+pub struct RestorePlan<'a> {
+    /// Entries that load whole, with COPY.
+    pub whole: Vec<&'a TableEntry>,
+    /// Column-level entries of pre-downgrade backups: put back by primary key.
+    pub columns: Vec<&'a TableEntry>,
+    /// Entries left out on request.
+    pub skipped: Vec<&'a TableEntry>,
+}
+
+impl RestorePlan<'_> {
+    /// Every entry that will be loaded.
+    pub fn tables(&self) -> impl Iterator<Item = &TableEntry> {
+        self.whole.iter().chain(&self.columns).copied()
+    }
+}
+
+/// Picks the entries of `manifest` to restore: `wanted` (all when empty) minus `skip`.
+/// A wanted table the backup does not hold is a usage error naming what it holds.
+pub fn plan<'a>(
+    manifest: &'a Manifest,
+    wanted: &[String],
+    skip: &[String],
+) -> anyhow::Result<RestorePlan<'a>> {
+    if let Some(w) = wanted.iter().find(|w| manifest.table(w).is_none()) {
+        let have: Vec<&str> = manifest.tables.iter().map(|t| t.name.as_str()).collect();
+        return usage(format!(
+            "backup {} has no table {w}; it holds {}",
+            manifest.id,
+            have.join(", ")
+        ));
+    }
+    let mut out = RestorePlan {
+        whole: Vec::new(),
+        columns: Vec::new(),
+        skipped: Vec::new(),
+    };
+    for t in &manifest.tables {
+        if !wanted.is_empty() && !wanted.contains(&t.name) {
+            continue;
+        }
+        if skip.contains(&t.name) {
+            out.skipped.push(t);
+        } else if t.scope == Scope::Table {
+            out.whole.push(t);
+        } else {
+            out.columns.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// Positions of `nodes` in load order: every table after the tables it references among
+/// them (`edges` are (referencing, referenced)). A cycle is broken by taking the next table
+/// in the given order, relying on deferrable constraints.
+pub fn load_order(nodes: &[u32], edges: &[(u32, u32)]) -> Vec<usize> {
+    let mut remaining: Vec<usize> = (0..nodes.len()).collect();
+    let mut placed: Vec<u32> = Vec::new();
+    let mut order = Vec::new();
+    while !remaining.is_empty() {
+        let ready = remaining.iter().position(|&i| {
+            edges
+                .iter()
+                .filter(|(child, _)| *child == nodes[i])
+                .all(|(_, parent)| placed.contains(parent) || !nodes.contains(parent))
+        });
+        let i = remaining.remove(ready.unwrap_or(0));
+        placed.push(nodes[i]);
+        order.push(i);
+    }
+    order
+}
+
+impl RestoreMode {
+    /// The lock a load takes: appending lets readers and other sessions' reads go on.
+    pub fn lock_mode(self) -> &'static str {
+        match self {
+            RestoreMode::Append => "SHARE ROW EXCLUSIVE",
+            RestoreMode::Fail | RestoreMode::Truncate => "ACCESS EXCLUSIVE",
+        }
+    }
+
+    /// Whether the tables are empty when the load starts, so dropping the secondary indexes
+    /// and rebuilding them afterwards is worth it.
+    pub fn loads_into_empty(self) -> bool {
+        self != RestoreMode::Append
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::manifest::{DatabaseIdentity, Kind, MANIFEST_FORMAT};
+
+    #[test]
+    fn load_order_puts_parents_first_and_survives_cycles() {
+        type Case<'a> = (&'a [u32], &'a [(u32, u32)], &'a [usize]);
+        let cases: &[Case] = &[
+            (&[1, 2, 3], &[], &[0, 1, 2]),
+            // 1 references 2, 2 references 3: 3, 2, 1.
+            (&[1, 2, 3], &[(1, 2), (2, 3)], &[2, 1, 0]),
+            // References to tables outside the restore do not hold anything up.
+            (&[1, 2], &[(1, 9)], &[0, 1]),
+            // A cycle: the first table goes first, the rest follows its references.
+            (&[1, 2, 3], &[(1, 2), (2, 1), (3, 1)], &[0, 1, 2]),
+        ];
+        for (nodes, edges, want) in cases {
+            assert_eq!(load_order(nodes, edges), *want, "{nodes:?} {edges:?}");
+        }
+    }
+
+    fn entry(name: &str, scope: Scope) -> TableEntry {
+        TableEntry {
+            name: name.into(),
+            scope,
+            columns: vec![],
+            primary_key: vec![],
+            rows: 0,
+            bytes: 0,
+            compressed_bytes: 0,
+            key: String::new(),
+            sha256: String::new(),
+            sequences: vec![],
+        }
+    }
+
+    #[test]
+    fn plan_splits_whole_tables_columns_and_skips() {
+        let m = Manifest {
+            format: MANIFEST_FORMAT,
+            id: "b".into(),
+            kind: Kind::PreDowngrade,
+            label: None,
+            created_at: String::new(),
+            database: DatabaseIdentity {
+                name: "d".into(),
+                system_identifier: None,
+                server_version: "15".into(),
+            },
+            schema: "public".into(),
+            revision: None,
+            target_revision: None,
+            zstd_level: 1,
+            tables: vec![
+                entry("a", Scope::Table),
+                entry("b", Scope::Columns),
+                entry("c", Scope::Table),
+            ],
+        };
+        let names = |v: &[&TableEntry]| v.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        // (wanted, skip) -> (whole, columns, skipped)
+        type Case<'a> = (
+            &'a [&'a str],
+            &'a [&'a str],
+            &'a [&'a str],
+            &'a [&'a str],
+            &'a [&'a str],
+        );
+        let cases: &[Case] = &[
+            (&[], &[], &["a", "c"], &["b"], &[]),
+            (&[], &["c"], &["a"], &["b"], &["c"]),
+            (&["b"], &[], &[], &["b"], &[]),
+        ];
+        for (wanted, skip, whole, columns, skipped) in cases {
+            let w: Vec<String> = wanted.iter().map(|s| s.to_string()).collect();
+            let s: Vec<String> = skip.iter().map(|s| s.to_string()).collect();
+            let p = plan(&m, &w, &s).unwrap();
+            assert_eq!(names(&p.whole), *whole);
+            assert_eq!(names(&p.columns), *columns);
+            assert_eq!(names(&p.skipped), *skipped);
+        }
+        let e = plan(&m, &["x".to_string()], &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("has no table x; it holds a, b, c"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(RestoreMode::Append.lock_mode(), "SHARE ROW EXCLUSIVE");
+        assert_eq!(RestoreMode::Fail.lock_mode(), "ACCESS EXCLUSIVE");
+        assert!(RestoreMode::Truncate.loads_into_empty());
+        assert!(!RestoreMode::Append.loads_into_empty());
+    }
+}

@@ -6,7 +6,6 @@
 //! whose downgrade never happened, and `upgrade --restore` knows which backups are open.
 //! Every write takes the caller's transaction, so it commits or rolls back with the change.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -34,6 +33,15 @@ pub struct DowngradeRecord {
     /// The revision the downgrade went to.
     pub to_revision: Option<String>,
     pub restored: bool,
+    /// A plain upgrade (or stamp) moved on from `to_revision` without restoring it.
+    pub superseded: bool,
+}
+
+impl DowngradeRecord {
+    /// Whether `upgrade --restore` may still take this backup.
+    pub fn is_open(&self) -> bool {
+        !self.restored && !self.superseded
+    }
 }
 
 /// backstop's tables in one schema.
@@ -85,7 +93,8 @@ impl Ledger {
                      to_revision text,
                      downgraded_at timestamptz NOT NULL DEFAULT now(),
                      restored_at timestamptz
-                 )",
+                 );
+                 ALTER TABLE {downgrades} ADD COLUMN IF NOT EXISTS superseded_at timestamptz",
                 schema = quote_ident(&self.schema),
                 table = self.migrations(),
                 downgrades = self.downgrades()
@@ -222,7 +231,9 @@ impl Ledger {
         Ok(())
     }
 
-    /// Records a downgrade's backup, inside the downgrade's transaction.
+    /// Records a downgrade's backup, inside the downgrade's transaction; recording the same
+    /// backup again moves its `to` revision (a downgrade through no-transaction steps
+    /// records each step as it commits).
     pub async fn record_downgrade(
         &self,
         tx: &impl GenericClient,
@@ -232,7 +243,8 @@ impl Ledger {
     ) -> anyhow::Result<()> {
         tx.execute(
             &format!(
-                "INSERT INTO {} (backup_id, from_revision, to_revision) VALUES ($1, $2, $3)",
+                "INSERT INTO {} (backup_id, from_revision, to_revision) VALUES ($1, $2, $3)
+                 ON CONFLICT (backup_id) DO UPDATE SET to_revision = EXCLUDED.to_revision",
                 self.downgrades()
             ),
             &[&backup_id, &from, &to],
@@ -260,6 +272,35 @@ impl Ledger {
         Ok(())
     }
 
+    /// Closes the open records of downgrades to any of `left` (revisions an upgrade or a
+    /// stamp moved on from without restoring them): their data no longer belongs at the
+    /// current revision, so `upgrade --restore` must not take it (`restore ID` still can).
+    pub async fn supersede(
+        &self,
+        tx: &impl GenericClient,
+        left: &[Option<String>],
+    ) -> anyhow::Result<u64> {
+        if !self.exists(tx, DOWNGRADES_TABLE).await? {
+            return Ok(0);
+        }
+        let mut closed = 0;
+        for revision in left {
+            closed += tx
+                .execute(
+                    &format!(
+                        "UPDATE {} SET superseded_at = now()
+                         WHERE restored_at IS NULL AND superseded_at IS NULL
+                           AND to_revision IS NOT DISTINCT FROM $1",
+                        self.downgrades()
+                    ),
+                    &[revision],
+                )
+                .await
+                .pg(|| "closing superseded downgrade records")?;
+        }
+        Ok(closed)
+    }
+
     /// Every recorded downgrade, newest first.
     pub async fn downgrades_recorded(
         &self,
@@ -268,7 +309,10 @@ impl Ledger {
         Ok(client
             .query(
                 &format!(
-                    "SELECT backup_id, from_revision, to_revision, restored_at IS NOT NULL FROM {} ORDER BY downgraded_at DESC, backup_id DESC",
+                    // to_jsonb: a table from before superseded_at existed still reads.
+                    "SELECT backup_id, from_revision, to_revision, restored_at IS NOT NULL,
+                            (pg_catalog.to_jsonb(d) ->> 'superseded_at') IS NOT NULL
+                     FROM {} d ORDER BY downgraded_at DESC, backup_id DESC",
                     self.downgrades()
                 ),
                 &[],
@@ -281,24 +325,20 @@ impl Ledger {
                 from_revision: r.get(1),
                 to_revision: r.get(2),
                 restored: r.get(3),
+                superseded: r.get(4),
             })
             .collect())
     }
 
-    /// backup id → whether its data was restored, for backups whose downgrade committed.
-    /// Empty when the table does not exist (nothing was ever downgraded here).
+    /// Every recorded downgrade; empty when the table does not exist (nothing was ever
+    /// downgraded here).
     pub async fn downgrade_outcomes(
         &self,
         client: &impl GenericClient,
-    ) -> anyhow::Result<BTreeMap<String, bool>> {
+    ) -> anyhow::Result<Vec<DowngradeRecord>> {
         if !self.exists(client, DOWNGRADES_TABLE).await? {
-            return Ok(BTreeMap::new());
+            return Ok(Vec::new());
         }
-        Ok(self
-            .downgrades_recorded(client)
-            .await?
-            .into_iter()
-            .map(|r| (r.backup_id, r.restored))
-            .collect())
+        self.downgrades_recorded(client).await
     }
 }

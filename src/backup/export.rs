@@ -15,10 +15,12 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_postgres::Transaction;
 
-use super::manifest::{ColumnEntry, Manifest, Scope, SequenceEntry, TableEntry};
+use super::manifest::{ColumnEntry, Manifest, OnRestore, Scope, SequenceEntry, TableEntry};
 use crate::context::OpContext;
-use crate::pg::{qualified, quote_ident, PgContext};
+use crate::error::{err, Kind};
+use crate::pg::{qualified, quote_ident, PgContext, PgError};
 use crate::store::Store;
+use tokio_postgres::error::SqlState;
 
 /// Bytes per batch handed to the compressor, and per compressed chunk handed on.
 pub const CHUNK: usize = 256 * 1024;
@@ -30,12 +32,15 @@ pub struct TableSpec {
     pub scope: Scope,
     pub schema: String,
     pub name: String,
+    /// The table it is a partition of or inherits from (`schema.table`).
+    pub parent: Option<String>,
     /// Every column except generated ones, which restore recomputes.
     pub columns: Vec<ColumnEntry>,
     pub primary_key: Vec<String>,
     /// On-disk size of the heap, to size upload parts and the progress bar.
     pub estimated_bytes: u64,
     pub sequences: Vec<SequenceEntry>,
+    pub on_restore: OnRestore,
 }
 
 /// Where and how the tables of one backup are written.
@@ -64,15 +69,15 @@ pub async fn export_table(
     let key = Manifest::table_key(backup_id, &spec.schema, &spec.name);
     let columns: Vec<String> = spec.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let sql = format!(
-        "COPY (SELECT {} FROM {}) TO STDOUT (FORMAT csv, HEADER)",
+        "COPY (SELECT {} FROM ONLY {}) TO STDOUT (FORMAT csv, HEADER)",
         columns.join(", "),
         qualified(&spec.schema, &spec.name)
     );
-    let table = spec.name.clone();
-    let stream = tx
-        .copy_out(sql.as_str())
-        .await
-        .pg(|| format!("starting the export of {}", spec.name))?;
+    let table = format!("{}.{}", spec.schema, spec.name);
+    let stream = match tx.copy_out(sql.as_str()).await {
+        Ok(s) => s,
+        Err(e) => return Err(row_security_refusal(e, &table)),
+    };
     let mut upload = store.upload(&key, spec.estimated_bytes).await?;
 
     let (raw_tx, raw_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
@@ -149,7 +154,9 @@ pub async fn export_table(
         );
     }
     Ok(TableEntry {
+        schema: spec.schema.clone(),
         name: spec.name.clone(),
+        parent: spec.parent.clone(),
         scope: spec.scope,
         columns: spec.columns.clone(),
         primary_key: spec.primary_key.clone(),
@@ -159,7 +166,25 @@ pub async fn export_table(
         key,
         sha256,
         sequences: spec.sequences.clone(),
+        on_restore: spec.on_restore,
     })
+}
+
+/// A policy that would hide rows is refused by name; anything else says what failed.
+pub fn row_security_refusal(e: tokio_postgres::Error, table: &str) -> anyhow::Error {
+    let pg = PgError::from(e);
+    if pg.code.as_ref() == Some(&SqlState::INSUFFICIENT_PRIVILEGE)
+        && pg.message.contains("row-level security")
+    {
+        return err(
+            Kind::Refused,
+            format!(
+                "table {table} has row-level security that would hide rows from this role, so backstop refuses to save a filtered copy ({}); run backstop as a role with BYPASSRLS, or as the table's owner without FORCE ROW LEVEL SECURITY",
+                pg.message
+            ),
+        );
+    }
+    anyhow::Error::new(pg).context(format!("reading {table}"))
 }
 
 /// Runs on a blocking thread: zstd-compresses batches, hashing what comes out.

@@ -9,8 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::usage;
 
-/// Version of the manifest layout this build writes and reads.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// Version of the manifest layout this build writes. Version 2 added each table's schema
+/// and parent and the sequences no column owns; version 1 manifests are still read.
+pub const MANIFEST_FORMAT: u32 = 2;
+/// The oldest version this build reads.
+pub const OLDEST_FORMAT: u32 = 1;
 pub const MANIFEST_NAME: &str = "manifest.json";
 
 /// Why a backup was taken; retention treats `PreDowngrade` as untouchable.
@@ -70,6 +73,27 @@ pub struct SequenceEntry {
     pub is_called: bool,
 }
 
+/// How `upgrade --restore` puts a pre-downgrade table back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRestore {
+    /// The downgrade dropped the table; the re-upgrade creates it empty: load every row.
+    #[default]
+    Load,
+    /// The table outlived the downgrade with its keys (rows were deleted, updated or the
+    /// table rewritten): insert the rows whose primary key is missing, leave the rest.
+    Merge,
+    /// The table outlived the downgrade but its rows cannot be matched by key (the key was
+    /// dropped, or there is none): replace its rows, if nobody added or removed any since.
+    Replace,
+}
+
+impl OnRestore {
+    fn is_load(&self) -> bool {
+        *self == OnRestore::Load
+    }
+}
+
 /// How much of a table an object holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -79,10 +103,30 @@ pub enum Scope {
     Columns,
 }
 
+/// A sequence no column owns, as it stood at backup time; a restore never moves it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreeSequenceEntry {
+    pub schema: String,
+    pub name: String,
+    pub last_value: i64,
+    pub is_called: bool,
+}
+
+/// One table object. Each holds only the table's own rows (exported with `ONLY`): a
+/// partitioned table's rows are in its partitions' entries, an inheritance parent's
+/// children have entries of their own, so loading every entry into its own table loads
+/// every row exactly once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableEntry {
+    /// Empty in version 1 manifests, where every table is in the manifest's schema.
+    #[serde(default)]
+    pub schema: String,
     pub name: String,
+    /// The table this one is a partition of, or inherits from (`schema.table`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     /// `table`: every column; `columns`: the primary key plus columns a downgrade drops or
     /// retypes, which a restore puts back by key into rows that exist again.
     #[serde(default)]
@@ -98,6 +142,8 @@ pub struct TableEntry {
     /// SHA-256 of the stored (compressed) object, hex.
     pub sha256: String,
     pub sequences: Vec<SequenceEntry>,
+    #[serde(default, skip_serializing_if = "OnRestore::is_load")]
+    pub on_restore: OnRestore,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +162,23 @@ pub struct Manifest {
     /// For pre-downgrade backups: the revision the downgrade went to.
     pub target_revision: Option<String>,
     pub zstd_level: i32,
+    /// In load order: a table after the tables it references.
     pub tables: Vec<TableEntry>,
+    /// Sequences no column owns that the backup covers (pre-downgrade backups).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sequences: Vec<FreeSequenceEntry>,
+}
+
+impl TableEntry {
+    /// `schema.table`, for messages and `--table`.
+    pub fn display(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    /// Whether `name` (`table` or `schema.table`) names this entry.
+    pub fn is(&self, name: &str) -> bool {
+        name == self.name || name == self.display()
+    }
 }
 
 impl Manifest {
@@ -140,8 +202,18 @@ impl Manifest {
         self.tables.iter().map(|t| t.bytes).sum()
     }
 
+    /// How messages name a table: bare in the manifest's own schema, `schema.table` else.
+    pub fn label(&self, t: &TableEntry) -> String {
+        if t.schema == self.schema {
+            t.name.clone()
+        } else {
+            t.display()
+        }
+    }
+
+    /// The entry `name` names (`table` or `schema.table`).
     pub fn table(&self, name: &str) -> Option<&TableEntry> {
-        self.tables.iter().find(|t| t.name == name)
+        self.tables.iter().find(|t| t.is(name))
     }
 
     /// Parses and validates a manifest read from `id`'s folder.
@@ -153,14 +225,19 @@ impl Manifest {
         let probe: Probe = serde_json::from_slice(data)
             .map_err(|e| anyhow::anyhow!("the manifest of backup {id} is not valid JSON: {e}"))?;
         match probe.format {
-            Some(MANIFEST_FORMAT) => {}
+            Some(v) if (OLDEST_FORMAT..=MANIFEST_FORMAT).contains(&v) => {}
             Some(other) => anyhow::bail!(
                 "the manifest of backup {id} has format version {other}; this backstop reads version {MANIFEST_FORMAT}: use a backstop release that knows it"
             ),
             None => anyhow::bail!("the manifest of backup {id} has no format version; it is not a backstop manifest"),
         }
-        let m: Manifest = serde_json::from_slice(data)
+        let mut m: Manifest = serde_json::from_slice(data)
             .map_err(|e| anyhow::anyhow!("the manifest of backup {id} is malformed: {e}"))?;
+        for t in &mut m.tables {
+            if t.schema.is_empty() {
+                t.schema = m.schema.clone();
+            }
+        }
         m.validate(id)?;
         Ok(m)
     }
@@ -178,10 +255,12 @@ impl Manifest {
         for t in &self.tables {
             check_identifier(&t.name)
                 .map_err(|e| anyhow::anyhow!("manifest of {id}: table {e}"))?;
-            if !seen.insert(&t.name) {
-                anyhow::bail!("manifest of {id} lists table {} twice", t.name);
+            check_identifier(&t.schema)
+                .map_err(|e| anyhow::anyhow!("manifest of {id}: schema {e}"))?;
+            if !seen.insert((&t.schema, &t.name)) {
+                anyhow::bail!("manifest of {id} lists table {} twice", t.display());
             }
-            let expected = Self::table_key(id, &self.schema, &t.name);
+            let expected = Self::table_key(id, &t.schema, &t.name);
             if t.key != expected {
                 anyhow::bail!(
                     "manifest of {id}: table {} points at object {:?}, not {expected:?}; refusing a key outside the backup",
@@ -286,7 +365,9 @@ mod tests {
             target_revision: None,
             zstd_level: 3,
             tables: vec![TableEntry {
+                schema: "public".into(),
                 name: "tasks".into(),
+                parent: None,
                 scope: Scope::Table,
                 columns: vec![ColumnEntry {
                     name: "id".into(),
@@ -299,7 +380,9 @@ mod tests {
                 key: Manifest::table_key(id, "public", "tasks"),
                 sha256: "a".repeat(64),
                 sequences: vec![],
+                on_restore: OnRestore::Load,
             }],
+            sequences: vec![],
         }
     }
 

@@ -22,9 +22,10 @@ use tokio_postgres::{GenericClient, IsolationLevel, Transaction};
 
 use crate::config::DatabaseConfig;
 use crate::context::OpContext;
-use crate::error::usage;
+use crate::error::{refused, usage};
+use crate::pg::catalog::{self as pg_catalog, Schemas};
 use crate::pg::session::pin_session;
-use crate::pg::{catalog as pg_catalog, quote_literal, Database, PgContext};
+use crate::pg::{quote_literal, Database, PgContext};
 use crate::store::Store;
 use export::{export_table, ExportJob, TableSpec};
 use manifest::{
@@ -43,6 +44,8 @@ pub struct ManifestHeader {
     /// For pre-downgrade backups: the revision the downgrade goes to.
     pub target_revision: Option<String>,
     pub zstd_level: i32,
+    /// Sequences no column owns to save with the tables.
+    pub sequences: Vec<manifest::FreeSequenceEntry>,
 }
 
 /// Worker connections that may share the exporting transaction's snapshot.
@@ -54,18 +57,23 @@ pub struct Workers<'a> {
     pub extra: usize,
 }
 
-/// Reads the names, columns, keys, sizes and owned sequences of `tables` (every user table
-/// of `schema` when empty) from the transaction's snapshot.
+/// Describes the data tables of `schema` named in `tables` (`table` or `schema.table`;
+/// every data table of `schema` when empty) from the transaction's snapshot. A partitioned
+/// table named here stands for its partitions.
 pub async fn describe_tables(
     client: &impl GenericClient,
     schema: &str,
     tables: &[String],
 ) -> anyhow::Result<Vec<TableSpec>> {
-    let mut found = pg_catalog::user_tables(client, schema).await?;
+    let mut found = pg_catalog::data_tables(client, Schemas::One(schema)).await?;
     if !tables.is_empty() {
+        let named = |t: &String, r: &pg_catalog::Relation| {
+            let bare = t.strip_prefix(&format!("{schema}.")).unwrap_or(t);
+            bare == r.name || r.parent.as_deref() == Some(&format!("{schema}.{bare}"))
+        };
         let missing: Vec<&str> = tables
             .iter()
-            .filter(|t| !found.iter().any(|f| &f.name == *t))
+            .filter(|t| !found.iter().any(|f| named(t, f)))
             .map(|s| s.as_str())
             .collect();
         if !missing.is_empty() {
@@ -74,12 +82,30 @@ pub async fn describe_tables(
                 missing.join(", ")
             ));
         }
-        found.retain(|f| tables.contains(&f.name));
+        found.retain(|f| tables.iter().any(|t| named(t, f)));
     }
+    describe(client, found).await
+}
+
+/// Describes the given data tables; refuses tables whose rows cannot be saved exactly.
+pub async fn describe(
+    client: &impl GenericClient,
+    relations: Vec<pg_catalog::Relation>,
+) -> anyhow::Result<Vec<TableSpec>> {
     let mut specs = Vec::new();
-    for relation in found {
+    for relation in relations {
         manifest::check_identifier(&relation.name)
             .map_err(|e| anyhow::anyhow!("cannot back up table {e}"))?;
+        manifest::check_identifier(&relation.schema)
+            .map_err(|e| anyhow::anyhow!("cannot back up schema {e}"))?;
+        let lo = pg_catalog::large_object_columns(client, relation.oid).await?;
+        if !lo.is_empty() {
+            return refused(format!(
+                "table {} has large-object columns ({}): their values point into pg_largeobject, which a backup of the table's rows does not hold, so it could not be restored exactly; back those up with pg_dump, or move the data into bytea columns",
+                relation.display(),
+                lo.join(", ")
+            ));
+        }
         specs.push(spec(pg_catalog::shape(client, relation).await?));
     }
     Ok(specs)
@@ -90,6 +116,7 @@ fn spec(shape: pg_catalog::TableShape) -> TableSpec {
         scope: Scope::Table,
         schema: shape.relation.schema,
         name: shape.relation.name,
+        parent: shape.relation.parent,
         columns: shape
             .columns
             .into_iter()
@@ -110,6 +137,7 @@ fn spec(shape: pg_catalog::TableShape) -> TableSpec {
                 is_called: s.is_called,
             })
             .collect(),
+        on_restore: manifest::OnRestore::Load,
     }
 }
 
@@ -172,6 +200,7 @@ pub async fn export(
         target_revision: header.target_revision,
         zstd_level: header.zstd_level,
         tables,
+        sequences: header.sequences,
     };
     if let Err(e) = write_manifest(store, &manifest).await {
         discard(store, &id).await;

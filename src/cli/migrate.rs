@@ -2,6 +2,7 @@
 
 use clap::Args;
 
+use backstop::backup::manifest::Scope;
 use backstop::error::{usage, ExitCode};
 use backstop::migrate::{Direction, DownTarget, EntryState, UpTarget};
 use backstop::ops::downgrade::{downgrade as run_downgrade, DowngradeOptions};
@@ -222,6 +223,9 @@ fn render(report: &MigrateReport) -> String {
             s.push_str(&format!("  note: {w}\n"));
         }
     }
+    for n in &report.notes {
+        s.push_str(&format!("note: {n}\n"));
+    }
     s.push_str(&format!("current: {}\n", report.current));
     s
 }
@@ -233,30 +237,47 @@ fn render_protection(report: &MigrateReport, s: &mut String) {
             "a step cannot run in a transaction, so every table of the schema is backed up first\n",
         );
     }
-    if p.losses.is_empty() && !p.whole_schema {
+    let at_risk: Vec<_> = p
+        .losses
+        .iter()
+        .filter(|l| l.rows.unwrap_or(0) > 0)
+        .collect();
+    if at_risk.is_empty() && p.sequences.is_empty() && !p.whole_schema {
         s.push_str("the downgrade destroys no data, so it needs no backup\n");
     }
-    if !p.losses.is_empty() {
+    if !at_risk.is_empty() || !p.sequences.is_empty() {
         let (gap, verb) = if report.dry_run {
             ("\n", "would")
         } else {
             ("", "did")
         };
         s.push_str(&format!("{gap}{verb} back up before the down SQL runs:\n"));
-        for l in &p.losses {
-            let what = if l.columns.is_empty() {
-                "whole table".to_string()
-            } else {
-                format!("primary key + {}", l.columns.join(", "))
+        for l in &at_risk {
+            let what = match l.scope {
+                Scope::Table => "whole table".to_string(),
+                Scope::Columns => format!("primary key + {}", l.columns.join(", ")),
             };
             s.push_str(&format!(
                 "  {}: {what} ({}), {} row(s), ~{}\n",
-                l.table,
+                l.display(),
                 l.reason,
                 l.rows.unwrap_or(0),
                 human_bytes(l.estimated_bytes.max(0) as u64)
             ));
         }
+        for seq in &p.sequences {
+            s.push_str(&format!("  sequence {seq}: its state (dropped or reset)\n"));
+        }
+    }
+    if report.dry_run && !p.locked.is_empty() {
+        let bytes: i64 = at_risk.iter().map(|l| l.estimated_bytes.max(0)).sum();
+        // Exports run at roughly 100 MiB of table a second here; say "about", not a promise.
+        let secs = (bytes as f64 / (100.0 * 1024.0 * 1024.0)).ceil().max(1.0);
+        s.push_str(&format!(
+            "writes to {} will wait while the downgrade runs: about {secs:.0}s to back up ~{}, plus the down SQL itself\n",
+            p.locked.join(", "),
+            human_bytes(bytes as u64)
+        ));
     }
     if let Some(id) = &p.backup_id {
         s.push_str(&format!(

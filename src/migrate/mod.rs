@@ -5,6 +5,7 @@
 //! compares the files with what the database recorded; [`plan`] works out the steps (all
 //! three pure); [`step`] runs one step with its bookkeeping.
 
+pub mod lexer;
 pub mod plan;
 pub mod reapply;
 pub mod source;

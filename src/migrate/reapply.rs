@@ -46,13 +46,7 @@ pub fn stages(
                 .iter()
                 .find(|c| c.to == current && !used.contains(&c.backup_id.as_str())),
         };
-        if i == 0 {
-            let Some(c) = chosen else {
-                return usage(format!(
-                    "no pre-downgrade backup was taken when this database was downgraded to {}; `backstop backups list` shows the backups, or upgrade without --restore",
-                    current.as_deref().unwrap_or("(none)")
-                ));
-            };
+        if let Some(c) = chosen.filter(|_| i == 0) {
             if c.to != current {
                 return usage(format!(
                     "backup {} was taken when downgrading to {}, but the database is at {}; pick the backup of that downgrade",
@@ -63,11 +57,17 @@ pub fn stages(
             }
         }
         let last = match chosen.and_then(|c| c.from.as_ref()) {
-            Some(rev) => steps
-                .iter()
-                .position(|s| s == rev)
-                .unwrap_or(steps.len() - 1)
-                .max(i),
+            Some(rev) => match steps.iter().position(|s| s == rev) {
+                Some(p) => p.max(i),
+                None => {
+                    let c = chosen.expect("matched above");
+                    return usage(format!(
+                        "backup {} holds data of revision {rev}, but this upgrade stops at {}; upgrade to {rev} (or head) with --restore, or without --restore to leave that data out",
+                        c.backup_id,
+                        steps.last().map_or("(none)", |s| s.as_str())
+                    ));
+                }
+            },
             None => i,
         };
         if let Some(c) = chosen {
@@ -87,6 +87,7 @@ pub fn stages(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::{kind_of, Kind};
 
     fn c(id: &str, from: Option<&str>, to: Option<&str>) -> Candidate {
         Candidate {
@@ -158,10 +159,11 @@ mod tests {
     }
 
     #[test]
-    fn nothing_to_restore_or_the_wrong_backup_is_a_usage_error() {
+    fn nothing_saved_wrong_backups_and_short_upgrades() {
         let steps = revs(&["2_b"]);
-        let e = stages(&steps, Some("1_a"), &[c("x", Some("2_b"), None)], None).unwrap_err();
-        assert!(e.to_string().contains("downgraded to 1_a"), "{e}");
+        // No downgrade to 1_a saved anything: the upgrade runs, restoring nothing.
+        let got = stages(&steps, Some("1_a"), &[c("x", Some("2_b"), None)], None).unwrap();
+        assert_eq!(shape(&got), vec![(0, 0, None)]);
         let wrong = c("y", Some("3_c"), Some("2_b"));
         let e = stages(&steps, Some("1_a"), &[], Some(&wrong)).unwrap_err();
         assert!(
@@ -172,5 +174,14 @@ mod tests {
         let right = c("z", Some("2_b"), Some("1_a"));
         let got = stages(&steps, Some("1_a"), &[], Some(&right)).unwrap();
         assert_eq!(shape(&got), vec![(0, 0, Some("z"))]);
+        // The backup belongs at 3_c, but the upgrade stops at 2_b.
+        let high = c("h", Some("3_c"), Some("1_a"));
+        let e = stages(&steps, Some("1_a"), &[high], None).unwrap_err();
+        assert_eq!(kind_of(&e), Kind::Usage);
+        assert!(
+            e.to_string()
+                .contains("holds data of revision 3_c, but this upgrade stops at 2_b"),
+            "{e}"
+        );
     }
 }

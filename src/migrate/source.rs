@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
+use super::lexer::{strip_wrapper, transaction_control, TransactionControl};
 use crate::error::usage;
 
 /// First line that marks a script which cannot run inside a transaction
@@ -27,13 +28,16 @@ pub struct Migration {
     pub checksum: String,
 }
 
-/// The text of `up.sql` or `down.sql`.
+/// The text of `up.sql` or `down.sql`, as it will run.
 #[derive(Debug, Clone)]
 pub struct Script {
     pub path: PathBuf,
+    /// The SQL that runs: the file's text, without an outer `BEGIN … COMMIT` wrapper.
     pub sql: String,
     /// The script starts with [`NO_TRANSACTION_MARKER`].
     pub no_transaction: bool,
+    /// [`checksum`] of the file as written.
+    pub checksum: String,
 }
 
 /// All migrations of a directory, sorted by number.
@@ -75,7 +79,7 @@ impl MigrationSet {
             };
             let up = read_script(&path.join("up.sql"))?;
             let down = read_script(&path.join("down.sql"))?;
-            let checksum = checksum(&up.sql);
+            let checksum = up.checksum.clone();
             migrations.push(Migration {
                 revision: name,
                 number,
@@ -119,6 +123,7 @@ impl MigrationSet {
             path: PathBuf::from(format!("{rev}/{file}")),
             sql: format!("-- {rev} {file}"),
             no_transaction: false,
+            checksum: checksum(&format!("-- {rev} {file}")),
         };
         MigrationSet {
             dir: PathBuf::from("migrations"),
@@ -177,8 +182,37 @@ fn read_script(path: &Path) -> anyhow::Result<Script> {
         .lines()
         .next()
         .is_some_and(|l| l.trim() == NO_TRANSACTION_MARKER);
+    let raw = sql.clone();
+    let sql = match transaction_control(&sql) {
+        TransactionControl::None => sql,
+        TransactionControl::Wrapper {
+            begin_line,
+            commit_line,
+        } if !no_transaction => {
+            tracing::warn!(
+                "{}: ignoring its outer BEGIN (line {begin_line}) and COMMIT (line {commit_line}); backstop runs every step in a transaction of its own",
+                path.display()
+            );
+            strip_wrapper(&sql)
+        }
+        TransactionControl::Wrapper { begin_line, .. } => {
+            return usage(format!(
+                "{}:{begin_line}: the script is marked {NO_TRANSACTION_MARKER} but wraps itself in BEGIN … COMMIT; remove the marker or the wrapper",
+                path.display()
+            ))
+        }
+        TransactionControl::Misplaced(m) => {
+            return usage(format!(
+                "{}:{}: `{}` controls the transaction, which backstop owns (a COMMIT there would commit destructive SQL before its backup exists); remove it, or split the script into migrations",
+                path.display(),
+                m.line,
+                m.statement
+            ))
+        }
+    };
     Ok(Script {
         path: path.to_path_buf(),
+        checksum: checksum(&raw),
         sql,
         no_transaction,
     })

@@ -8,9 +8,11 @@ use serde::Serialize;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, GenericClient};
 
+use super::lexer::split;
 use super::plan::{Direction, PlannedStep};
 use crate::error::{err, Kind};
 use crate::ledger::Ledger;
+use crate::pg::session::TransactionGuard;
 use crate::pg::{PgContext, PgError};
 
 /// What one executed step did.
@@ -58,6 +60,10 @@ impl StepRunner<'_> {
         } else {
             anyhow::anyhow!("{file} of {} failed{place}: {}", step.revision, pg.message)
         }
+    }
+
+    fn what(&self, direction: Direction, step: &PlannedStep) -> String {
+        format!("{} of {}", direction.file(), step.revision)
     }
 
     /// Records a step in the ledger, inside `tx`.
@@ -121,7 +127,21 @@ impl StepRunner<'_> {
             err(kind, format!("{e:#}{after}"))
         };
         if step.no_transaction {
-            client.batch_execute(&step.sql).await.map_err(explain)?;
+            // One statement at a time: sent together, PostgreSQL would run them in one
+            // implicit transaction, which CREATE INDEX CONCURRENTLY and VACUUM refuse.
+            for statement in split(&step.sql) {
+                client
+                    .batch_execute(statement.text(&step.sql))
+                    .await
+                    .map_err(|e| {
+                        let e = explain(e);
+                        let kind = crate::error::kind_of(&e);
+                        err(
+                            kind,
+                            format!("{e:#} (the statement at line {})", statement.line),
+                        )
+                    })?;
+            }
             let tx = client
                 .transaction()
                 .await
@@ -135,7 +155,9 @@ impl StepRunner<'_> {
                 .transaction()
                 .await
                 .pg(|| format!("starting {}", step.revision))?;
+            let guard = TransactionGuard::start(&tx).await?;
             tx.batch_execute(&step.sql).await.map_err(explain)?;
+            guard.check(&tx, &self.what(direction, step)).await?;
             self.record(&tx, direction, step, started.elapsed()).await?;
             tx.commit()
                 .await

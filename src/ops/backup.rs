@@ -64,6 +64,7 @@ pub async fn take(
         revision: Ledger::new(&settings.schema).recorded_revision(&tx).await?,
         target_revision: options.target_revision.clone(),
         zstd_level: config.zstd_level,
+        sequences: Vec::new(),
     };
     let workers = Workers {
         db,

@@ -11,15 +11,15 @@ use tokio_postgres::Client;
 
 use super::backup::{take, BackupOptions};
 use super::migration::{MigrateReport, Migrator, Protection};
-use crate::backup::describe_tables;
-use crate::backup::manifest::{Kind, Scope};
-use crate::backup::{export, ManifestHeader};
+use crate::backup::manifest::{FreeSequenceEntry, Kind};
+use crate::backup::{describe, export, ManifestHeader};
 use crate::context::OpContext;
 use crate::error::{err, refused, Kind as ErrorKind, WithKind};
 use crate::migrate::{Direction, DownTarget, Target};
+use crate::pg::catalog::{data_tables_by_oid, sequence_state};
 use crate::pg::session::{EXPORT_SETTINGS, RESET_EXPORT_SETTINGS};
 use crate::pg::PgContext;
-use crate::protect::{column_spec, find_losses, lock_and_measure, Loss};
+use crate::protect::{self, spec_for, Loss};
 
 /// What the user asked `downgrade` to do.
 #[derive(Debug, Clone)]
@@ -94,14 +94,13 @@ async fn protected(
         from.as_deref().unwrap_or("(none)")
     );
     let tx = client.transaction().await.pg(|| "starting the downgrade")?;
-    let mut losses = find_losses(&tx, &schema, &report.plan.steps)
-        .await
-        .context(stays_at.clone())?;
-    lock_and_measure(&tx, &schema, &mut losses)
+    let planned = protect::plan(&tx, &report.plan.steps)
         .await
         .context(stays_at.clone())?;
     let mut protection = Protection {
-        losses,
+        losses: planned.losses.clone(),
+        sequences: planned.sequences.clone(),
+        locked: planned.locked.clone(),
         backup_id: None,
         whole_schema: false,
     };
@@ -109,29 +108,38 @@ async fn protected(
         report.protection = Some(protection);
         return Ok(report); // dropping the transaction rolls it back
     }
-    let at_risk: Vec<&Loss> = protection
+    let at_risk: Vec<&Loss> = planned
         .losses
         .iter()
         .filter(|l| l.rows.unwrap_or(0) > 0)
         .collect();
-    if at_risk.is_empty() {
+    if at_risk.is_empty() && planned.lost_sequences.is_empty() {
         tracing::info!("the downgrade destroys no rows, so it needs no backup");
     } else {
         tx.batch_execute(EXPORT_SETTINGS)
             .await
             .pg(|| "pinning the export settings")?;
-        let names: Vec<String> = at_risk.iter().map(|l| l.table.clone()).collect();
-        let described = describe_tables(&tx, &schema, &names).await?;
+        let oids: Vec<u32> = at_risk.iter().map(|l| l.oid).collect();
+        let described = describe(&tx, data_tables_by_oid(&tx, &oids).await?)
+            .await
+            .map_err(backup_failed)?;
         let mut specs = Vec::new();
         for loss in &at_risk {
             let whole = described
                 .iter()
-                .find(|s| s.name == loss.table)
+                .find(|s| s.schema == loss.schema && s.name == loss.table)
                 .cloned()
                 .context("a table vanished while planning")?;
-            specs.extend(match loss.scope {
-                Scope::Table => Some(whole),
-                Scope::Columns => column_spec(loss, &whole),
+            specs.extend(spec_for(loss, &whole));
+        }
+        let mut sequences = Vec::new();
+        for s in &planned.lost_sequences {
+            let (last_value, is_called) = sequence_state(&tx, &s.schema, &s.name).await?;
+            sequences.push(FreeSequenceEntry {
+                schema: s.schema.clone(),
+                name: s.name.clone(),
+                last_value,
+                is_called,
             });
         }
         let header = ManifestHeader {
@@ -141,6 +149,7 @@ async fn protected(
             revision: from.clone(),
             target_revision: report.plan.to.clone(),
             zstd_level: m.backup.zstd_level,
+            sequences,
         };
         let manifest = export(&tx, None, store, header, &specs, ctx)
             .await
@@ -148,7 +157,7 @@ async fn protected(
         tx.batch_execute(RESET_EXPORT_SETTINGS)
             .await
             .pg(|| "restoring the session settings")?;
-        tracing::info!("backed up {} table(s) as {}", at_risk.len(), manifest.id);
+        tracing::info!("backed up {} table(s) as {}", specs.len(), manifest.id);
         protection.backup_id = Some(manifest.id);
     }
     let runner = m.runner(&ledger);
@@ -194,9 +203,8 @@ async fn after_full_backup(
     );
     if report.dry_run {
         report.protection = Some(Protection {
-            losses: Vec::new(),
-            backup_id: None,
             whole_schema: true,
+            ..Protection::default()
         });
         return Ok(report);
     }
@@ -216,29 +224,42 @@ async fn after_full_backup(
     let ledger = m.ledger();
     ledger.ensure(&*client).await?;
     let runner = m.runner(&ledger);
+    let from = report.plan.from.clone();
     for step in &report.plan.steps {
-        report
-            .applied
-            .push(runner.run(client, Direction::Down, step).await?);
+        let done = runner.run(client, Direction::Down, step).await;
+        let reached = m.status_with(&*client).await?.current;
+        if reached != from {
+            // Every step that committed is on record with the backup, so `upgrade
+            // --restore` brings their data back even when a later step fails.
+            ledger
+                .record_downgrade(&*client, &manifest.id, from.as_deref(), reached.as_deref())
+                .await
+                .kind(ErrorKind::Internal, || {
+                    format!(
+                        "the downgrade ran but its backup {} could not be recorded; `backstop restore {}` still brings the data back",
+                        manifest.id, manifest.id
+                    )
+                })?;
+        }
+        match done {
+            Ok(done) => report.applied.push(done),
+            Err(e) => {
+                let at = reached.as_deref().unwrap_or("(none)");
+                let recorded = if reached != from {
+                    format!("backup {} is recorded for the steps that committed, so `backstop upgrade --restore` brings their data back", manifest.id)
+                } else {
+                    format!("no step committed; backup {} was not needed", manifest.id)
+                };
+                return Err(e.context(format!(
+                    "the downgrade stopped at revision {at}; {recorded}"
+                )));
+            }
+        }
     }
-    ledger
-        .record_downgrade(
-            &*client,
-            &manifest.id,
-            report.plan.from.as_deref(),
-            report.plan.to.as_deref(),
-        )
-        .await
-        .kind(ErrorKind::Internal, || {
-            format!(
-                "the downgrade ran but its backup {} could not be recorded; `backstop restore {}` still brings the data back",
-                manifest.id, manifest.id
-            )
-        })?;
     report.protection = Some(Protection {
-        losses: Vec::new(),
         backup_id: Some(manifest.id),
         whole_schema: true,
+        ..Protection::default()
     });
     report.current = m.status_with(&*client).await?.current_label();
     Ok(report)

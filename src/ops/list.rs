@@ -19,6 +19,8 @@ pub enum DowngradeOutcome {
     Committed,
     #[serde(rename = "downgrade committed, data restored")]
     Restored,
+    #[serde(rename = "downgrade committed, superseded by a plain upgrade")]
+    Superseded,
     #[serde(rename = "downgrade never happened")]
     NeverHappened,
 }
@@ -28,6 +30,7 @@ impl DowngradeOutcome {
         match self {
             DowngradeOutcome::Committed => "downgrade committed",
             DowngradeOutcome::Restored => "downgrade committed, data restored",
+            DowngradeOutcome::Superseded => "downgrade committed, superseded by a plain upgrade",
             DowngradeOutcome::NeverHappened => "downgrade never happened",
         }
     }
@@ -76,9 +79,10 @@ async fn outcomes(
         .iter()
         .filter(|m| m.kind == Kind::PreDowngrade && m.database.name == db.dbname())
     {
-        let outcome = match recorded.get(&m.id) {
-            Some(true) => DowngradeOutcome::Restored,
-            Some(false) => DowngradeOutcome::Committed,
+        let outcome = match recorded.iter().find(|r| r.backup_id == m.id) {
+            Some(r) if r.restored => DowngradeOutcome::Restored,
+            Some(r) if r.superseded => DowngradeOutcome::Superseded,
+            Some(_) => DowngradeOutcome::Committed,
             None => DowngradeOutcome::NeverHappened,
         };
         out.insert(m.id.clone(), outcome);

@@ -30,10 +30,14 @@ pub struct Migrator {
 }
 
 /// What a protected downgrade found and saved.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Protection {
     /// Every table the down SQL takes data from, with the rows it holds.
     pub losses: Vec<Loss>,
+    /// Sequences no column owns that the down SQL drops or resets (`schema.name`).
+    pub sequences: Vec<String>,
+    /// Tables whose writers wait while the downgrade runs (`schema.name`, in lock order).
+    pub locked: Vec<String>,
     /// The pre-downgrade backup; `None` when nothing with rows would be lost.
     pub backup_id: Option<String>,
     /// Set when a step cannot run in a transaction and every table was backed up first.
@@ -61,6 +65,8 @@ pub struct MigrateReport {
     pub current: String,
     pub protection: Option<Protection>,
     pub restored: Vec<Restored>,
+    /// What the user should know about the run (nothing to restore, records closed).
+    pub notes: Vec<String>,
 }
 
 impl Migrator {
@@ -160,6 +166,7 @@ impl Migrator {
             applied: Vec::new(),
             protection: None,
             restored: Vec::new(),
+            notes: Vec::new(),
         })
     }
 

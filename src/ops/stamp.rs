@@ -35,6 +35,20 @@ pub async fn stamp(m: &Migrator, target: &str) -> anyhow::Result<StampReport> {
             .map(|m| (m.revision.as_str(), m.checksum.as_str()))
             .collect();
         ledger.stamp(&tx, &wanted).await?;
+        // Stamping upwards moves on from every revision in between without their data.
+        let before = previous
+            .as_deref()
+            .and_then(|p| m.set.position(p))
+            .map_or(0, |i| i + 1);
+        if keep > before {
+            let mut left = vec![previous.clone()];
+            left.extend(
+                m.set.migrations[before..keep - 1]
+                    .iter()
+                    .map(|m| Some(m.revision.clone())),
+            );
+            ledger.supersede(&tx, &left).await?;
+        }
         tx.commit().await.pg(|| "committing stamp")?;
         let current = m.status_with(&*client).await?.current;
         Ok(StampReport {

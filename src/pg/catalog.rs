@@ -22,48 +22,135 @@ pub const DOWNGRADES_TABLE: &str = "backstop_downgrades";
 /// backstop's own tables, left out of schema snapshots, backups and emptiness checks.
 pub const OWN_TABLES: &[&str] = &[BOOKKEEPING_TABLE, DOWNGRADES_TABLE];
 
-/// The relation kinds that hold rows backstop saves: ordinary and partitioned tables.
-const TABLE_KINDS: &str = "('r', 'p')";
+/// Schemas that belong to users: not the system's, not temporary, not TOAST.
+const USER_SCHEMA: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema')
+     AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'";
+
+/// Relations that an extension created belong to the extension, not to the user.
+const NOT_EXTENSION_MEMBER: &str = "NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+     WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid AND d.deptype = 'e')";
+
+/// Where to look for tables.
+#[derive(Debug, Clone, Copy)]
+pub enum Schemas<'a> {
+    /// One schema (the configured one, for backups and snapshots).
+    One(&'a str),
+    /// Every user schema (what a downgrade may destroy).
+    All,
+}
 
 /// One user table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relation {
     pub oid: u32,
     pub schema: String,
     pub name: String,
     /// On-disk size of the heap, in bytes.
     pub heap_bytes: i64,
+    /// Heap, TOAST and indexes, in bytes.
+    pub total_bytes: i64,
     /// A partition of a partitioned table (its rows are also its parent's).
     pub is_partition: bool,
+    /// A partitioned table: it holds no rows itself, its partitions do.
+    pub is_partitioned: bool,
+    /// The table it is a partition of, or inherits from, as `schema.name`.
+    pub parent: Option<String>,
 }
 
-/// Every user table of `schema`, by name.
+impl Relation {
+    /// `"schema"."name"`, for SQL.
+    pub fn qualified(&self) -> String {
+        qualified(&self.schema, &self.name)
+    }
+
+    /// `schema.name`, for messages and manifests.
+    pub fn display(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+/// User tables: ordinary and partitioned tables (`relkind` `r`, `p`) that are neither
+/// backstop's own nor an extension's, in `schemas`, ordered by schema and name (the order
+/// locks are taken in).
+async fn tables(
+    client: &impl GenericClient,
+    schemas: Schemas<'_>,
+    extra: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> anyhow::Result<Vec<Relation>> {
+    let own: &[&str] = OWN_TABLES;
+    let schema = match schemas {
+        Schemas::One(s) => Some(s),
+        Schemas::All => None,
+    };
+    let mut all: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&schema, &own];
+    all.extend_from_slice(params);
+    Ok(client
+        .query(
+            &format!(
+                "SELECT c.oid, n.nspname::text, c.relname::text, pg_catalog.pg_relation_size(c.oid),
+                        pg_catalog.pg_total_relation_size(c.oid), c.relispartition, c.relkind = 'p',
+                        (SELECT pn.nspname || '.' || pc.relname FROM pg_catalog.pg_inherits i
+                           JOIN pg_catalog.pg_class pc ON pc.oid = i.inhparent
+                           JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace
+                          WHERE i.inhrelid = c.oid ORDER BY i.inhseqno LIMIT 1)
+                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.relkind IN ('r', 'p') AND c.relname <> ALL($2) AND {NOT_EXTENSION_MEMBER}
+                   AND CASE WHEN $1::text IS NULL THEN {USER_SCHEMA} ELSE n.nspname = $1::text END
+                   {extra}
+                 ORDER BY n.nspname, c.relname"
+            ),
+            &all,
+        )
+        .await
+        .pg(|| match schema {
+            Some(s) => format!("listing the tables of schema {s}"),
+            None => "listing the tables of every schema".to_string(),
+        })?
+        .iter()
+        .map(|r| Relation {
+            oid: r.get(0),
+            schema: r.get(1),
+            name: r.get(2),
+            heap_bytes: r.get(3),
+            total_bytes: r.get(4),
+            is_partition: r.get(5),
+            is_partitioned: r.get(6),
+            parent: r.get(7),
+        })
+        .collect())
+}
+
+/// Every user table of `schema`, partitioned parents and their partitions alike (what a
+/// schema snapshot describes).
 pub async fn user_tables(
     client: &impl GenericClient,
     schema: &str,
 ) -> anyhow::Result<Vec<Relation>> {
-    let own: &[&str] = OWN_TABLES;
-    Ok(client
-        .query(
-            &format!(
-                "SELECT c.oid, c.relname::text, pg_catalog.pg_relation_size(c.oid), c.relispartition
-                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                 WHERE n.nspname = $1 AND c.relkind IN {TABLE_KINDS} AND c.relname <> ALL($2)
-                 ORDER BY c.relname"
-            ),
-            &[&schema, &own],
-        )
-        .await
-        .pg(|| format!("listing the tables of schema {schema}"))?
-        .iter()
-        .map(|r| Relation {
-            oid: r.get(0),
-            schema: schema.to_string(),
-            name: r.get(1),
-            heap_bytes: r.get(2),
-            is_partition: r.get(3),
-        })
-        .collect())
+    tables(client, Schemas::One(schema), "", &[]).await
+}
+
+/// The tables that hold rows themselves: partitions and plain tables, not partitioned
+/// parents. Exported with `ONLY`, each row is saved exactly once, in the table it lives in.
+pub async fn data_tables(
+    client: &impl GenericClient,
+    schemas: Schemas<'_>,
+) -> anyhow::Result<Vec<Relation>> {
+    tables(client, schemas, "AND c.relkind = 'r'", &[]).await
+}
+
+/// The data tables with these oids.
+pub async fn data_tables_by_oid(
+    client: &impl GenericClient,
+    oids: &[u32],
+) -> anyhow::Result<Vec<Relation>> {
+    tables(
+        client,
+        Schemas::All,
+        "AND c.relkind = 'r' AND c.oid = ANY($3)",
+        &[&oids],
+    )
+    .await
 }
 
 /// The user table `schema.name`, if there is one.
@@ -72,10 +159,11 @@ pub async fn user_table(
     schema: &str,
     name: &str,
 ) -> anyhow::Result<Option<Relation>> {
-    Ok(user_tables(client, schema)
-        .await?
-        .into_iter()
-        .find(|r| r.name == name))
+    Ok(
+        tables(client, Schemas::One(schema), "AND c.relname = $3", &[&name])
+            .await?
+            .pop(),
+    )
 }
 
 /// A column as a backup stores it: name and SQL type.
@@ -123,30 +211,20 @@ pub async fn shape(client: &impl GenericClient, relation: Relation) -> anyhow::R
             data_type: r.get(1),
         })
         .collect();
-    let primary_key = client
-        .query(
-            "SELECT a.attname::text FROM pg_catalog.pg_index i
-             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-             WHERE i.indrelid = $1 AND i.indisprimary
-             ORDER BY array_position(i.indkey::int2[], a.attnum)",
-            &[&oid],
-        )
-        .await
-        .pg(|| format!("reading the primary key of {name}"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let primary_key = primary_key(client, oid).await?;
     let mut sequences = Vec::new();
     for r in client
         .query(
-            "SELECT sn.nspname::text, sc.relname::text, a.attname::text
+            &format!(
+            "{WITH_ANCESTORS}
+             SELECT sn.nspname::text, sc.relname::text, a.attname::text
              FROM pg_catalog.pg_depend d
              JOIN pg_catalog.pg_class sc ON sc.oid = d.objid AND sc.relkind = 'S'
              JOIN pg_catalog.pg_namespace sn ON sn.oid = sc.relnamespace
              JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-             WHERE d.refobjid = $1 AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+             WHERE d.refobjid IN (SELECT oid FROM up) AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
                AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i')
-             ORDER BY a.attnum",
+             ORDER BY a.attnum"),
             &[&oid],
         )
         .await
@@ -176,6 +254,23 @@ pub async fn shape(client: &impl GenericClient, relation: Relation) -> anyhow::R
         primary_key,
         sequences,
     })
+}
+
+/// The primary key's columns, in key order; empty when there is none.
+pub async fn primary_key(client: &impl GenericClient, oid: u32) -> anyhow::Result<Vec<String>> {
+    Ok(client
+        .query(
+            "SELECT a.attname::text FROM pg_catalog.pg_index i
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+             WHERE i.indrelid = $1 AND i.indisprimary
+             ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[&oid],
+        )
+        .await
+        .pg(|| "reading a primary key")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// Which server and database a session talks to.
@@ -258,7 +353,8 @@ pub struct SecondaryIndex {
     pub definition: String,
 }
 
-/// The indexes of a table that back no constraint and belong to no other object.
+/// The indexes of a table that back no constraint, belong to no other object and are not
+/// a partition of a partitioned index (those cannot be dropped on their own).
 pub async fn secondary_indexes(
     client: &impl GenericClient,
     oid: u32,
@@ -271,7 +367,8 @@ pub async fn secondary_indexes(
              JOIN pg_catalog.pg_namespace n ON n.oid = i.relnamespace
              WHERE x.indrelid = $1
                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.conindid = x.indexrelid)
-               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.objid = x.indexrelid AND d.deptype = 'i')",
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.objid = x.indexrelid AND d.deptype = 'i')
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits h WHERE h.inhrelid = x.indexrelid)",
             &[&oid],
         )
         .await
@@ -285,58 +382,92 @@ pub async fn secondary_indexes(
         .collect())
 }
 
-/// (column, sequence) for every column of the table that owns a sequence.
+/// The table and every table it is a partition of or inherits from, as SQL producing oids.
+const WITH_ANCESTORS: &str = "WITH RECURSIVE up(oid) AS (
+         SELECT $1::pg_catalog.oid
+         UNION SELECT i.inhparent FROM pg_catalog.pg_inherits i JOIN up ON i.inhrelid = up.oid)";
+
+/// A sequence a column owns (serial or identity), on the table or on one of its ancestors
+/// (a partition's ids come from its parent's sequence).
+#[derive(Debug, Clone)]
+pub struct SerialColumn {
+    /// `"schema"."table"` of the table whose column owns the sequence.
+    pub owner: String,
+    pub column: String,
+    /// The sequence, as `pg_get_serial_sequence` names it.
+    pub sequence: String,
+}
+
 pub async fn serial_columns(
     client: &impl GenericClient,
     relation: &Relation,
-) -> anyhow::Result<Vec<(String, String)>> {
-    let name = qualified(&relation.schema, &relation.name);
+) -> anyhow::Result<Vec<SerialColumn>> {
     Ok(client
         .query(
-            "SELECT a.attname::text, pg_catalog.pg_get_serial_sequence($1, a.attname)
-             FROM pg_catalog.pg_attribute a WHERE a.attrelid = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-            &[&name, &relation.oid],
+            &format!(
+                "{WITH_ANCESTORS}
+                 SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname),
+                        a.attname::text,
+                        pg_catalog.pg_get_serial_sequence(
+                            pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), a.attname)
+                 FROM up JOIN pg_catalog.pg_class c ON c.oid = up.oid
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
+            ),
+            &[&relation.oid],
         )
         .await
         .pg(|| format!("finding the sequences of {}", relation.name))?
         .iter()
-        .filter_map(|r| Some((r.get(0), r.get::<_, Option<String>>(1)?)))
+        .filter_map(|r| {
+            Some(SerialColumn {
+                owner: r.get(0),
+                column: r.get(1),
+                sequence: r.get::<_, Option<String>>(2)?,
+            })
+        })
         .collect())
 }
 
-/// Where each user table's data stands inside the current transaction, to compare before
-/// and after running SQL in a savepoint.
+/// Where each data table of every user schema stands inside the current transaction, to
+/// compare before and after running SQL in a savepoint.
 #[derive(Debug, Default)]
 pub struct StorageState {
-    /// oid → (name, relfilenode)
-    pub tables: BTreeMap<u32, (String, u32)>,
+    /// oid → (table, relfilenode)
+    pub tables: BTreeMap<u32, (Relation, u32)>,
     /// (oid, attnum) → name, for live columns
     pub columns: BTreeMap<(u32, i16), String>,
     /// oid → rows deleted + updated in this transaction so far
     pub writes: BTreeMap<u32, i64>,
+    /// oid → (sequence, relfilenode), for sequences no column owns
+    pub free_sequences: BTreeMap<u32, (FreeSequence, u32)>,
 }
 
-pub async fn storage_state(
-    client: &impl GenericClient,
-    schema: &str,
-) -> anyhow::Result<StorageState> {
+/// A sequence that no column owns (an application's own counter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreeSequence {
+    pub schema: String,
+    pub name: String,
+}
+
+pub async fn storage_state(client: &impl GenericClient) -> anyhow::Result<StorageState> {
     let mut state = StorageState::default();
-    let own: &[&str] = OWN_TABLES;
-    for r in client
+    let tables = data_tables(client, Schemas::All).await?;
+    let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
+    let filenodes: BTreeMap<u32, u32> = client
         .query(
-            &format!(
-                "SELECT c.oid, c.relname::text, c.relfilenode FROM pg_catalog.pg_class c
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                 WHERE n.nspname = $1 AND c.relkind IN {TABLE_KINDS} AND c.relname <> ALL($2)"
-            ),
-            &[&schema, &own],
+            "SELECT oid, relfilenode FROM pg_catalog.pg_class WHERE oid = ANY($1)",
+            &[&oids],
         )
         .await
         .pg(|| "reading the catalog")?
-    {
-        state.tables.insert(r.get(0), (r.get(1), r.get(2)));
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for t in tables {
+        let node = filenodes.get(&t.oid).copied().unwrap_or(0);
+        state.tables.insert(t.oid, (t, node));
     }
-    let oids: Vec<u32> = state.tables.keys().copied().collect();
     for r in client
         .query(
             "SELECT attrelid, attnum, attname::text FROM pg_catalog.pg_attribute
@@ -358,7 +489,118 @@ pub async fn storage_state(
     {
         state.writes.insert(r.get(0), r.get(1));
     }
+    for r in client
+        .query(
+            &format!(
+                "SELECT c.oid, n.nspname::text, c.relname::text, c.relfilenode
+                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.relkind = 'S' AND {USER_SCHEMA} AND {NOT_EXTENSION_MEMBER}
+                   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                        WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid
+                          AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i'))"
+            ),
+            &[],
+        )
+        .await
+        .pg(|| "reading the sequences")?
+    {
+        let seq = FreeSequence {
+            schema: r.get(1),
+            name: r.get(2),
+        };
+        state.free_sequences.insert(r.get(0), (seq, r.get(3)));
+    }
     Ok(state)
+}
+
+/// A sequence's `last_value` and `is_called`.
+pub async fn sequence_state(
+    client: &impl GenericClient,
+    schema: &str,
+    name: &str,
+) -> anyhow::Result<(i64, bool)> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT last_value, is_called FROM {}",
+                qualified(schema, name)
+            ),
+            &[],
+        )
+        .await
+        .pg(|| format!("reading sequence {schema}.{name}"))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// An enabled user trigger: name and `tgenabled` (`O` origin, `A` always, `R` replica).
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub name: String,
+    pub enabled: String,
+}
+
+/// The user triggers of a table that would fire on a load (not internal ones such as
+/// foreign-key checks, and not ones already disabled).
+pub async fn enabled_user_triggers(
+    client: &impl GenericClient,
+    oid: u32,
+) -> anyhow::Result<Vec<Trigger>> {
+    Ok(client
+        .query(
+            "SELECT tgname::text, tgenabled::text FROM pg_catalog.pg_trigger
+             WHERE tgrelid = $1 AND NOT tgisinternal AND tgenabled <> 'D' ORDER BY tgname",
+            &[&oid],
+        )
+        .await
+        .pg(|| "reading the triggers of a table")?
+        .iter()
+        .map(|r| Trigger {
+            name: r.get(0),
+            enabled: r.get(1),
+        })
+        .collect())
+}
+
+/// Columns that reference large objects (`oid` or the `lo` extension type): their values
+/// are pointers into `pg_largeobject`, which a table's rows do not carry.
+pub async fn large_object_columns(
+    client: &impl GenericClient,
+    oid: u32,
+) -> anyhow::Result<Vec<String>> {
+    Ok(client
+        .query(
+            "SELECT a.attname::text FROM pg_catalog.pg_attribute a
+             JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+               AND (t.oid = 'pg_catalog.oid'::pg_catalog.regtype OR t.typname = 'lo'
+                    OR t.typbasetype = 'pg_catalog.oid'::pg_catalog.regtype)
+             ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .pg(|| "reading the column types of a table")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Relations this session holds a lock stronger than a read on: what the SQL run so far
+/// in this transaction touched. Read without joining the catalog, so tables the SQL
+/// dropped (invisible in this transaction now) are there too.
+pub async fn locked_relations(client: &impl GenericClient) -> anyhow::Result<Vec<u32>> {
+    Ok(client
+        .query(
+            "SELECT DISTINCT l.relation FROM pg_catalog.pg_locks l
+             WHERE l.locktype = 'relation' AND l.pid = pg_catalog.pg_backend_pid() AND l.granted
+               AND l.mode <> 'AccessShareLock' AND l.database = (
+                   SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())",
+            &[],
+        )
+        .await
+        .pg(|| "reading the locks this session holds")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// Tables, views and materialized views of `schema` other than backstop's own, by name:

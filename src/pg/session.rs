@@ -1,29 +1,35 @@
 //! Session settings, in one place: how values print and parse (guarantee 6) and how long
 //! any statement may wait.
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use super::error::PgContext;
 use super::sql::quote_ident;
 use crate::config::DatabaseConfig;
+use crate::error::{err, Kind};
 
 /// The value settings of [`pin_session`] for one transaction (`SET LOCAL`), for exports and
 /// restores that run inside a migration's transaction.
 pub const EXPORT_SETTINGS: &str = "SET LOCAL DateStyle = ISO; SET LOCAL IntervalStyle = postgres;
-     SET LOCAL extra_float_digits = 3; SET LOCAL client_encoding = 'UTF8'; SET LOCAL bytea_output = 'hex'";
+     SET LOCAL extra_float_digits = 3; SET LOCAL client_encoding = 'UTF8'; SET LOCAL bytea_output = 'hex';
+     SET LOCAL row_security = off";
 
 /// Puts the migration session's own settings back for the SQL that follows.
 pub const RESET_EXPORT_SETTINGS: &str =
     "SET LOCAL DateStyle TO DEFAULT; SET LOCAL IntervalStyle TO DEFAULT;
-     SET LOCAL extra_float_digits TO DEFAULT; SET LOCAL bytea_output TO DEFAULT";
+     SET LOCAL extra_float_digits TO DEFAULT; SET LOCAL bytea_output TO DEFAULT;
+     SET LOCAL row_security TO DEFAULT";
 
 /// Pins the settings that change how values print and parse, as pg_dump does, so the CSV
-/// written by one session reads back identically in another (guarantee 6).
+/// written by one session reads back identically in another (guarantee 6). Row-level
+/// security is off, as pg_dump sets it: a policy that would hide rows makes the export fail
+/// loudly instead of saving a filtered subset that `verify` would then call complete.
 pub async fn pin_session(client: &Client, settings: &DatabaseConfig) -> anyhow::Result<()> {
     client
         .batch_execute(&format!(
             "SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3;
              SET client_encoding = 'UTF8'; SET bytea_output = 'hex'; SET search_path = '';
+             SET row_security = off;
              SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0;
              SET lock_timeout = '{}s'",
             settings.lock_timeout_secs
@@ -55,4 +61,42 @@ pub async fn catalog_session(client: &Client, settings: &DatabaseConfig) -> anyh
         ))
         .await
         .pg(|| "setting up the catalog session")
+}
+
+/// Notices SQL that ended the transaction it was run in (a `COMMIT` the lexer missed), so
+/// backstop stops instead of running the rest of a step outside its transaction.
+pub struct TransactionGuard {
+    xid: i64,
+}
+
+impl TransactionGuard {
+    /// Pins the transaction `tx` is in (assigning it an id if it has none yet).
+    pub async fn start(tx: &impl GenericClient) -> anyhow::Result<TransactionGuard> {
+        let xid: i64 = tx
+            .query_one("SELECT pg_catalog.txid_current()", &[])
+            .await
+            .pg(|| "reading the transaction id")?
+            .get(0);
+        Ok(TransactionGuard { xid })
+    }
+
+    /// Fails unless the session is still inside the transaction [`start`] saw.
+    ///
+    /// [`start`]: TransactionGuard::start
+    pub async fn check(&self, tx: &impl GenericClient, what: &str) -> anyhow::Result<()> {
+        let now: Option<i64> = tx
+            .query_one("SELECT pg_catalog.txid_current_if_assigned()", &[])
+            .await
+            .pg(|| "checking the transaction")?
+            .get(0);
+        if now != Some(self.xid) {
+            return Err(err(
+                Kind::Refused,
+                format!(
+                    "{what} ended backstop's transaction (a COMMIT, END or ROLLBACK in it); what it did before that may have been committed without a backup: check the database, and remove transaction control from the script"
+                ),
+            ));
+        }
+        Ok(())
+    }
 }

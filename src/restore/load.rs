@@ -8,7 +8,7 @@ use tokio_postgres::Transaction;
 
 use super::plan::load_order;
 use super::{RestoreMode, TableRestored};
-use crate::backup::manifest::{Manifest, TableEntry};
+use crate::backup::manifest::{Manifest, OnRestore, TableEntry};
 use crate::backup::read::pump;
 use crate::context::OpContext;
 use crate::error::{refused, usage, verification};
@@ -31,15 +31,14 @@ pub async fn restore_tables(
     entries: &[&TableEntry],
     mode: RestoreMode,
     ctx: &OpContext,
-) -> anyhow::Result<Vec<TableRestored>> {
-    let schema = &manifest.schema;
+) -> anyhow::Result<LoadedTables> {
     // 1. Check the plan against the catalog before touching anything.
     let mut targets = Vec::new();
     for entry in entries {
-        let Some(relation) = catalog::user_table(tx, schema, &entry.name).await? else {
+        let Some(relation) = catalog::user_table(tx, &entry.schema, &entry.name).await? else {
             return usage(format!(
-                "table {schema}.{} from backup {} does not exist in this database; create it first (`backstop upgrade` to the revision {} it was taken at)",
-                entry.name,
+                "table {} from backup {} does not exist in this database; create it first (`backstop upgrade` to the revision {} it was taken at)",
+                entry.display(),
                 manifest.id,
                 manifest.revision.as_deref().unwrap_or("(none)")
             ));
@@ -64,12 +63,15 @@ pub async fn restore_tables(
         }
         targets.push(Target {
             entry,
-            qualified: qualified(schema, &entry.name),
+            qualified: relation.qualified(),
             relation,
         });
     }
     if targets.is_empty() {
-        return Ok(Vec::new());
+        return Ok(LoadedTables {
+            tables: Vec::new(),
+            skipped: Vec::new(),
+        });
     }
     let oids: Vec<u32> = targets.iter().map(|t| t.relation.oid).collect();
     let edges = catalog::foreign_keys(tx, &oids).await?;
@@ -80,45 +82,71 @@ pub async fn restore_tables(
         .collect();
 
     // 2. Lock, and deal with rows already there.
-    let names: Vec<&str> = targets.iter().map(|t| t.qualified.as_str()).collect();
+    let names: Vec<String> = targets.iter().map(|t| t.qualified.clone()).collect();
     let lock = mode.lock_mode();
-    tx.batch_execute(&format!("LOCK TABLE {} IN {lock} MODE", names.join(", ")))
-        .await
-        .pg(|| "locking the tables to restore")?;
+    tx.batch_execute(&format!(
+        "LOCK TABLE ONLY {} IN {lock} MODE",
+        names.join(", ")
+    ))
+    .await
+    .pg(|| "locking the tables to restore")?;
+    let mut skipped = Vec::new();
+    let mut merge = Vec::new();
+    let mut targets = targets;
     match mode {
-        RestoreMode::Fail => {
+        RestoreMode::Fail | RestoreMode::SkipFilled => {
             let mut busy = Vec::new();
             for t in &targets {
-                let has_rows: bool = tx
-                    .query_one(
-                        &format!("SELECT EXISTS (SELECT 1 FROM {})", t.qualified),
-                        &[],
-                    )
+                let rows: i64 = tx
+                    .query_one(&format!("SELECT count(*) FROM ONLY {}", t.qualified), &[])
                     .await
-                    .pg(|| format!("checking whether {} is empty", t.entry.name))?
+                    .pg(|| format!("checking whether {} is empty", manifest.label(t.entry)))?
                     .get(0);
-                if has_rows {
-                    busy.push(t.entry.name.as_str());
+                if rows > 0 {
+                    busy.push((manifest.label(t.entry), rows));
                 }
             }
-            if !busy.is_empty() {
+            if mode == RestoreMode::Fail && !busy.is_empty() {
+                let names: Vec<&str> = busy.iter().map(|(n, _)| n.as_str()).collect();
                 return refused(format!(
                     "table {} already has rows; nothing was restored. Use --mode truncate to replace them or --mode append to add to them",
-                    busy.join(", ")
+                    names.join(", ")
                 ));
             }
+            // Tables that outlived the downgrade: merge by key, or replace when nothing
+            // changed since; anything else with rows is left as it is and reported.
+            let mut kept = Vec::new();
+            for t in targets {
+                let label = manifest.label(t.entry);
+                let Some(&(_, rows)) = busy.iter().find(|(n, _)| *n == label) else {
+                    kept.push(t);
+                    continue;
+                };
+                match t.entry.on_restore {
+                    OnRestore::Merge if !t.entry.primary_key.is_empty() => merge.push(t),
+                    OnRestore::Replace if rows == t.entry.rows as i64 => {
+                        tx.batch_execute(&format!("TRUNCATE ONLY {}", t.qualified))
+                            .await
+                            .pg(|| format!("emptying {label} to replace its rows"))?;
+                        kept.push(t);
+                    }
+                    _ => skipped.push((label, rows)),
+                }
+            }
+            targets = kept;
         }
         RestoreMode::Truncate => {
-            tx.batch_execute(&format!("TRUNCATE {}", names.join(", ")))
+            tx.batch_execute(&format!("TRUNCATE ONLY {}", names.join(", ")))
                 .await
                 .pg(|| "emptying the tables to restore")?;
         }
         RestoreMode::Append => {}
     }
 
-    // 3. Load, parents before children.
+    // 3. Load, parents before children, with user triggers off.
     let mut report = Vec::new();
     for t in &targets {
+        let triggers = disable_triggers(tx, t).await?;
         let rebuild = if mode.loads_into_empty() {
             drop_secondary_indexes(tx, t).await?
         } else {
@@ -130,11 +158,15 @@ pub async fn restore_tables(
             .iter()
             .map(|c| quote_ident(&c.name))
             .collect();
-        let sql = format!(
-            "COPY {} ({}) FROM STDIN (FORMAT csv, HEADER)",
-            t.qualified,
-            columns.join(", ")
-        );
+        let sql = if columns.is_empty() {
+            format!("COPY {} FROM STDIN (FORMAT csv, HEADER)", t.qualified)
+        } else {
+            format!(
+                "COPY {} ({}) FROM STDIN (FORMAT csv, HEADER)",
+                t.qualified,
+                columns.join(", ")
+            )
+        };
         let sink = tx
             .copy_in::<_, bytes::Bytes>(sql.as_str())
             .await
@@ -168,14 +200,87 @@ pub async fn restore_tables(
             rebuilt.push(index);
         }
         let sequences = advance_sequences(tx, t).await?;
+        enable_triggers(tx, t, &triggers).await?;
         report.push(TableRestored {
-            table: t.entry.name.clone(),
+            table: manifest.label(t.entry),
             rows: loaded,
             indexes_rebuilt: rebuilt,
             sequences,
         });
     }
-    Ok(report)
+    for t in &merge {
+        let (rows, added) = via_temp_table(tx, store, t, ctx, Finish::InsertMissing).await?;
+        report.push(TableRestored {
+            table: manifest.label(t.entry),
+            rows: added,
+            indexes_rebuilt: Vec::new(),
+            sequences: advance_sequences(tx, t).await?,
+        });
+        tracing::info!(
+            "{}: {added} of {rows} backed-up row(s) were missing and were put back",
+            manifest.label(t.entry)
+        );
+    }
+    Ok(LoadedTables {
+        tables: report,
+        skipped,
+    })
+}
+
+/// What [`restore_tables`] did.
+pub struct LoadedTables {
+    pub tables: Vec<TableRestored>,
+    /// Tables left alone because they had rows (`SkipFilled`), with their row counts.
+    pub skipped: Vec<(String, i64)>,
+}
+
+/// Turns off the table's enabled user triggers for the load (an `updated_at` trigger must
+/// not rewrite restored rows, a trigger that fills another table must not fill it twice);
+/// returns them for [`enable_triggers`]. Foreign-key checks are internal and stay on.
+async fn disable_triggers(
+    tx: &Transaction<'_>,
+    t: &Target<'_>,
+) -> anyhow::Result<Vec<catalog::Trigger>> {
+    let triggers = catalog::enabled_user_triggers(tx, t.relation.oid).await?;
+    for trigger in &triggers {
+        tx.batch_execute(&format!(
+            "ALTER TABLE {} DISABLE TRIGGER {}",
+            t.qualified,
+            quote_ident(&trigger.name)
+        ))
+        .await
+        .pg(|| {
+            format!(
+                "disabling trigger {} of {}",
+                trigger.name,
+                t.entry.display()
+            )
+        })?;
+    }
+    Ok(triggers)
+}
+
+/// Turns the triggers [`disable_triggers`] turned off back on, each as it was.
+async fn enable_triggers(
+    tx: &Transaction<'_>,
+    t: &Target<'_>,
+    triggers: &[catalog::Trigger],
+) -> anyhow::Result<()> {
+    for trigger in triggers {
+        let how = match trigger.enabled.as_str() {
+            "A" => "ENABLE ALWAYS",
+            "R" => "ENABLE REPLICA",
+            _ => "ENABLE",
+        };
+        tx.batch_execute(&format!(
+            "ALTER TABLE {} {how} TRIGGER {}",
+            t.qualified,
+            quote_ident(&trigger.name)
+        ))
+        .await
+        .pg(|| format!("enabling trigger {} of {}", trigger.name, t.entry.display()))?;
+    }
+    Ok(())
 }
 
 /// Loads a column-level backup into a temporary table shaped like the target's columns, then
@@ -187,11 +292,11 @@ pub async fn restore_columns(
     entry: &TableEntry,
     ctx: &OpContext,
 ) -> anyhow::Result<(u64, u64)> {
-    let target = qualified(&manifest.schema, &entry.name);
-    let Some(relation) = catalog::user_table(tx, &manifest.schema, &entry.name).await? else {
+    let Some(relation) = catalog::user_table(tx, &entry.schema, &entry.name).await? else {
         return usage(format!(
             "table {} of backup {} does not exist after the upgrade",
-            entry.name, manifest.id
+            entry.display(),
+            manifest.id
         ));
     };
     let present = catalog::column_kinds(tx, relation.oid).await?;
@@ -205,14 +310,42 @@ pub async fn restore_columns(
             entry.name, c.name, c.data_type, manifest.id
         ));
     }
+    let t = Target {
+        entry,
+        qualified: relation.qualified(),
+        relation,
+    };
+    via_temp_table(tx, store, &t, ctx, Finish::UpdateByKey).await
+}
+
+/// What to do with rows staged in a temporary table.
+#[derive(Clone, Copy)]
+enum Finish {
+    /// Put the non-key columns back into the rows with the same key.
+    UpdateByKey,
+    /// Insert the rows whose key is missing; leave the others.
+    InsertMissing,
+}
+
+/// Streams an entry into a temporary table shaped like its columns, then finishes into the
+/// target with user triggers off. Returns (rows loaded, rows the finish touched).
+async fn via_temp_table(
+    tx: &Transaction<'_>,
+    store: &Store,
+    t: &Target<'_>,
+    ctx: &OpContext,
+    finish: Finish,
+) -> anyhow::Result<(u64, u64)> {
+    let entry = t.entry;
+    let target = &t.qualified;
     let cols: Vec<String> = entry.columns.iter().map(|c| quote_ident(&c.name)).collect();
-    let temp = quote_ident(&format!("backstop_restore_{}", entry.name));
+    let temp = quote_ident(&format!("backstop_restore_{}", t.relation.oid));
     tx.batch_execute(&format!(
-        "CREATE TEMP TABLE {temp} ON COMMIT DROP AS SELECT {} FROM {target} WITH NO DATA",
+        "CREATE TEMP TABLE {temp} ON COMMIT DROP AS SELECT {} FROM ONLY {target} WITH NO DATA",
         cols.join(", ")
     ))
     .await
-    .pg(|| format!("preparing to restore the columns of {}", entry.name))?;
+    .pg(|| format!("preparing to restore {}", entry.display()))?;
     let sink = tx
         .copy_in::<_, bytes::Bytes>(
             format!(
@@ -222,42 +355,51 @@ pub async fn restore_columns(
             .as_str(),
         )
         .await
-        .pg(|| format!("starting to load the columns of {}", entry.name))?;
+        .pg(|| format!("starting to load {}", entry.display()))?;
     let mut sink = std::pin::pin!(sink.sink_map_err(|e| anyhow::Error::new(PgError::from(e))));
     let stats = pump(store, entry, sink.as_mut(), ctx).await?;
     stats.check(entry)?;
+    ctx.observer().advance(stats.bytes, stats.rows);
     let loaded = sink
         .as_mut()
         .get_pin_mut()
         .finish()
         .await
-        .pg(|| format!("loading the columns of {}", entry.name))?;
-    let set: Vec<String> = entry
-        .columns
-        .iter()
-        .filter(|c| !entry.primary_key.contains(&c.name))
-        .map(|c| format!("{0} = s.{0}", quote_ident(&c.name)))
-        .collect();
-    let on: Vec<String> = entry
-        .primary_key
-        .iter()
-        .map(|k| format!("t.{0} = s.{0}", quote_ident(k)))
-        .collect();
-    let matched = tx
-        .execute(
-            &format!(
-                "UPDATE {target} AS t SET {} FROM {temp} AS s WHERE {}",
+        .pg(|| format!("loading {}", entry.display()))?;
+    let sql = match finish {
+        Finish::UpdateByKey => {
+            let set: Vec<String> = entry
+                .columns
+                .iter()
+                .filter(|c| !entry.primary_key.contains(&c.name))
+                .map(|c| format!("{0} = s.{0}", quote_ident(&c.name)))
+                .collect();
+            let on: Vec<String> = entry
+                .primary_key
+                .iter()
+                .map(|k| format!("t.{0} = s.{0}", quote_ident(k)))
+                .collect();
+            format!(
+                "UPDATE ONLY {target} AS t SET {} FROM {temp} AS s WHERE {}",
                 set.join(", "),
                 on.join(" AND ")
-            ),
-            &[],
-        )
+            )
+        }
+        Finish::InsertMissing => format!(
+            "INSERT INTO {target} ({0}) OVERRIDING SYSTEM VALUE SELECT {0} FROM {temp} ON CONFLICT DO NOTHING",
+            cols.join(", ")
+        ),
+    };
+    let triggers = disable_triggers(tx, t).await?;
+    let touched = tx
+        .execute(&sql, &[])
         .await
-        .pg(|| format!("putting the columns of {} back", entry.name))?;
+        .pg(|| format!("putting the rows of {} back", entry.display()))?;
+    enable_triggers(tx, t, &triggers).await?;
     tx.batch_execute(&format!("DROP TABLE {temp}"))
         .await
         .pg(|| "dropping the temporary table")?;
-    Ok((loaded, matched))
+    Ok((loaded, touched))
 }
 
 /// Drops the indexes that back no constraint, returning (name, definition) to rebuild.
@@ -278,49 +420,88 @@ async fn drop_secondary_indexes(
     Ok(out)
 }
 
-/// Moves each sequence owned by a column of the table past the restored maximum, the value
-/// saved at backup time and its own current value, whichever is largest.
+/// Moves each sequence owned by a column of the table (or of a table it is a partition
+/// of) past the restored maximum, the value saved at backup time and its own current value,
+/// whichever is largest.
 async fn advance_sequences(tx: &Transaction<'_>, t: &Target<'_>) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
-    for (column, sequence) in catalog::serial_columns(tx, &t.relation).await? {
-        let saved = t.entry.sequences.iter().find(|s| s.column == column);
-        let row = tx
+    for serial in catalog::serial_columns(tx, &t.relation).await? {
+        let max: Option<i64> = tx
             .query_one(
                 &format!(
-                    "SELECT (SELECT max({col})::bigint FROM {table}), last_value, is_called FROM {sequence}",
-                    col = quote_ident(&column),
-                    table = t.qualified
+                    "SELECT max({})::bigint FROM {}",
+                    quote_ident(&serial.column),
+                    serial.owner
                 ),
                 &[],
             )
             .await
-            .pg(|| format!("reading sequence {sequence}"))?;
-        let (max, current, current_called): (Option<i64>, i64, bool) =
-            (row.get(0), row.get(1), row.get(2));
-        // (value, is_called) pairs; the next value handed out is value + called.
-        let mut candidates = vec![(current, current_called)];
-        if let Some(m) = max {
-            candidates.push((m, true));
+            .pg(|| format!("reading the largest {} of {}", serial.column, serial.owner))?
+            .get(0);
+        let mut floors: Vec<(i64, bool)> = max.map(|m| (m, true)).into_iter().collect();
+        if let Some(s) = t.entry.sequences.iter().find(|s| s.column == serial.column) {
+            floors.push((s.last_value, s.is_called));
         }
-        if let Some(s) = saved {
-            candidates.push((s.last_value, s.is_called));
-        }
-        let (value, called) = candidates
-            .into_iter()
-            .max_by_key(|(v, c)| (*v as i128) + i128::from(*c))
-            .unwrap_or((current, current_called));
-        if (value, called) != (current, current_called) {
-            tx.query_one(
-                "SELECT pg_catalog.setval($1::text::regclass, $2, $3)",
-                &[&sequence, &value, &called],
-            )
-            .await
-            .pg(|| format!("advancing sequence {sequence}"))?;
-        }
+        let (value, called) = advance(tx, &serial.sequence, &floors).await?;
         out.push(format!(
-            "{sequence} = {value}{}",
+            "{} = {value}{}",
+            serial.sequence,
             if called { "" } else { " (not yet used)" }
         ));
     }
     Ok(out)
+}
+
+/// Sets the saved sequences that no column owns to their saved state, unless they are
+/// already past it; ones that do not exist (any more) are left out.
+pub async fn restore_free_sequences(
+    tx: &Transaction<'_>,
+    manifest: &Manifest,
+) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for s in &manifest.sequences {
+        let name = qualified(&s.schema, &s.name);
+        let exists: bool = tx
+            .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&name])
+            .await
+            .pg(|| format!("looking up sequence {}.{}", s.schema, s.name))?
+            .get(0);
+        if exists {
+            let (value, _) = advance(tx, &name, &[(s.last_value, s.is_called)]).await?;
+            out.push(format!("{}.{} = {value}", s.schema, s.name));
+        }
+    }
+    Ok(out)
+}
+
+/// Moves `sequence` to the largest of its own state and `floors` ((value, is_called)
+/// pairs; the next value handed out is value + called), never back. Returns the state.
+async fn advance(
+    tx: &Transaction<'_>,
+    sequence: &str,
+    floors: &[(i64, bool)],
+) -> anyhow::Result<(i64, bool)> {
+    let row = tx
+        .query_one(
+            &format!("SELECT last_value, is_called FROM {sequence}"),
+            &[],
+        )
+        .await
+        .pg(|| format!("reading sequence {sequence}"))?;
+    let current: (i64, bool) = (row.get(0), row.get(1));
+    let target = floors
+        .iter()
+        .copied()
+        .chain([current])
+        .max_by_key(|(v, c)| (*v as i128) + i128::from(*c))
+        .unwrap_or(current);
+    if target != current {
+        tx.query_one(
+            "SELECT pg_catalog.setval($1::text::regclass, $2, $3)",
+            &[&sequence, &target.0, &target.1],
+        )
+        .await
+        .pg(|| format!("advancing sequence {sequence}"))?;
+    }
+    Ok(target)
 }

@@ -29,6 +29,9 @@ pub enum RestoreMode {
     Truncate,
     /// Add the backup's rows to what is there.
     Append,
+    /// Leave tables that already have rows as they are and say so (a re-upgrade whose
+    /// up.sql seeded a table, a table a whole-schema downgrade did not touch).
+    SkipFilled,
 }
 
 /// One table put back.
@@ -45,6 +48,10 @@ pub struct TableRestored {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Loaded {
     pub tables: Vec<TableRestored>,
+    /// Tables left as they were because they already had rows (`SkipFilled`).
+    pub skipped: Vec<String>,
+    /// Sequences no column owns, as set after the load (`schema.name = value`).
+    pub sequences: Vec<String>,
     /// Rows of column-level entries whose row no longer exists, and the like.
     pub warnings: Vec<String>,
 }
@@ -91,10 +98,21 @@ pub async fn load(
     ctx.observer()
         .begin("restore", plan.tables().map(|t| t.bytes).sum());
     let result = async {
+        let whole = load::restore_tables(tx, store, manifest, &plan.whole, mode, ctx).await?;
         let mut loaded = Loaded {
-            tables: load::restore_tables(tx, store, manifest, &plan.whole, mode, ctx).await?,
+            tables: whole.tables,
+            skipped: whole.skipped.iter().map(|(t, _)| t.clone()).collect(),
             warnings: Vec::new(),
+            sequences: Vec::new(),
         };
+        for (table, rows) in &whole.skipped {
+            let w = format!(
+                "{table} already has {rows} row(s), so backup {} was not loaded into it; `backstop restore {} --table {table} --mode truncate` (or append) loads it, --restore-skip {table} leaves it out",
+                manifest.id, manifest.id
+            );
+            tracing::warn!("{w}");
+            loaded.warnings.push(w);
+        }
         for entry in &plan.columns {
             let (rows, matched) = load::restore_columns(tx, store, manifest, entry, ctx).await?;
             if matched < rows {
@@ -107,19 +125,20 @@ pub async fn load(
                 let w = format!(
                     "{} of {rows} backed-up rows of {} no longer exist, so their {} values were not put back",
                     rows - matched,
-                    entry.name,
+                    manifest.label(entry),
                     values.join(", ")
                 );
                 tracing::warn!("{w}");
                 loaded.warnings.push(w);
             }
             loaded.tables.push(TableRestored {
-                table: entry.name.clone(),
+                table: manifest.label(entry),
                 rows: matched,
                 indexes_rebuilt: Vec::new(),
                 sequences: Vec::new(),
             });
         }
+        loaded.sequences = load::restore_free_sequences(tx, manifest).await?;
         anyhow::Ok(loaded)
     }
     .await;

@@ -44,10 +44,10 @@ pub fn plan<'a>(
         skipped: Vec::new(),
     };
     for t in &manifest.tables {
-        if !wanted.is_empty() && !wanted.contains(&t.name) {
+        if !wanted.is_empty() && !wanted.iter().any(|w| t.is(w)) {
             continue;
         }
-        if skip.contains(&t.name) {
+        if skip.iter().any(|s| t.is(s)) {
             out.skipped.push(t);
         } else if t.scope == Scope::Table {
             out.whole.push(t);
@@ -84,7 +84,9 @@ impl RestoreMode {
     pub fn lock_mode(self) -> &'static str {
         match self {
             RestoreMode::Append => "SHARE ROW EXCLUSIVE",
-            RestoreMode::Fail | RestoreMode::Truncate => "ACCESS EXCLUSIVE",
+            RestoreMode::Fail | RestoreMode::Truncate | RestoreMode::SkipFilled => {
+                "ACCESS EXCLUSIVE"
+            }
         }
     }
 
@@ -119,7 +121,9 @@ mod tests {
 
     fn entry(name: &str, scope: Scope) -> TableEntry {
         TableEntry {
+            schema: "public".into(),
             name: name.into(),
+            parent: None,
             scope,
             columns: vec![],
             primary_key: vec![],
@@ -129,6 +133,7 @@ mod tests {
             key: String::new(),
             sha256: String::new(),
             sequences: vec![],
+            on_restore: Default::default(),
         }
     }
 
@@ -154,6 +159,7 @@ mod tests {
                 entry("b", Scope::Columns),
                 entry("c", Scope::Table),
             ],
+            sequences: vec![],
         };
         let names = |v: &[&TableEntry]| v.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
         // (wanted, skip) -> (whole, columns, skipped)

@@ -272,14 +272,15 @@ async fn a_backup_whose_downgrade_failed_is_listed_as_never_happened() {
     let c = db.client().await;
     fill(&c, 20).await;
     // The down SQL passes the plan but fails when it runs for real (a sequence counts the
-    // runs; sequences ignore rollbacks): the backup is written, the downgrade rolls back.
+    // runs; sequences ignore rollbacks; the plan runs it twice, the second time under
+    // locks): the backup is written, the downgrade rolls back.
     c.batch_execute("CREATE SEQUENCE boom_counter")
         .await
         .unwrap();
     p.add_migration(
         "002_tags",
         UP,
-        &format!("{DOWN}DO $$ BEGIN IF nextval('boom_counter') > 1 THEN RAISE EXCEPTION 'boom'; END IF; END $$;\n"),
+        &format!("{DOWN}DO $$ BEGIN IF nextval('boom_counter') > 2 THEN RAISE EXCEPTION 'boom'; END IF; END $$;\n"),
     );
     let r = p.run(&["downgrade", "-1"]);
     assert_eq!(r.code, 1, "{r}");

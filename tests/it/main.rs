@@ -9,4 +9,5 @@ mod migrate;
 mod ops;
 mod rollback_test;
 mod schema;
+mod shapes;
 mod tls;

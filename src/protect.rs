@@ -360,6 +360,7 @@ mod tests {
     fn spec(pk: &[&str], cols: &[&str]) -> TableSpec {
         TableSpec {
             scope: Scope::Table,
+            oid: 1,
             schema: "s".into(),
             name: "t".into(),
             parent: None,

@@ -30,6 +30,7 @@ const CHANNEL_DEPTH: usize = 4;
 #[derive(Debug, Clone)]
 pub struct TableSpec {
     pub scope: Scope,
+    pub oid: u32,
     pub schema: String,
     pub name: String,
     /// The table it is a partition of or inherits from (`schema.table`).

@@ -114,6 +114,7 @@ pub async fn describe(
 fn spec(shape: pg_catalog::TableShape) -> TableSpec {
     TableSpec {
         scope: Scope::Table,
+        oid: shape.relation.oid,
         schema: shape.relation.schema,
         name: shape.relation.name,
         parent: shape.relation.parent,
@@ -163,6 +164,13 @@ pub async fn export(
     ctx: &OpContext,
 ) -> anyhow::Result<Manifest> {
     let identity = identity(tx).await?;
+    // The manifest records the load order, for readers without backstop too.
+    let oids: Vec<u32> = specs.iter().map(|s| s.oid).collect();
+    let edges = pg_catalog::foreign_keys(tx, &oids).await?;
+    let load_order: Vec<String> = manifest::load_order(&oids, &edges)
+        .into_iter()
+        .map(|i| format!("{}.{}", specs[i].schema, specs[i].name))
+        .collect();
     let id = new_backup_id(header.kind, time::OffsetDateTime::now_utc());
     let job = ExportJob {
         store,
@@ -200,6 +208,7 @@ pub async fn export(
         target_revision: header.target_revision,
         zstd_level: header.zstd_level,
         tables,
+        load_order,
         sequences: header.sequences,
     };
     if let Err(e) = write_manifest(store, &manifest).await {

@@ -144,6 +144,7 @@ mod tests {
             target_revision: None,
             zstd_level: 3,
             tables: vec![],
+            load_order: vec![],
             sequences: vec![],
         }
     }

@@ -6,9 +6,8 @@
 use futures_util::SinkExt;
 use tokio_postgres::Transaction;
 
-use super::plan::load_order;
 use super::{RestoreMode, TableRestored};
-use crate::backup::manifest::{Manifest, OnRestore, TableEntry};
+use crate::backup::manifest::{load_order, Manifest, OnRestore, TableEntry};
 use crate::backup::read::pump;
 use crate::context::OpContext;
 use crate::error::{refused, usage, verification};

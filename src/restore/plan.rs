@@ -58,27 +58,6 @@ pub fn plan<'a>(
     Ok(out)
 }
 
-/// Positions of `nodes` in load order: every table after the tables it references among
-/// them (`edges` are (referencing, referenced)). A cycle is broken by taking the next table
-/// in the given order, relying on deferrable constraints.
-pub fn load_order(nodes: &[u32], edges: &[(u32, u32)]) -> Vec<usize> {
-    let mut remaining: Vec<usize> = (0..nodes.len()).collect();
-    let mut placed: Vec<u32> = Vec::new();
-    let mut order = Vec::new();
-    while !remaining.is_empty() {
-        let ready = remaining.iter().position(|&i| {
-            edges
-                .iter()
-                .filter(|(child, _)| *child == nodes[i])
-                .all(|(_, parent)| placed.contains(parent) || !nodes.contains(parent))
-        });
-        let i = remaining.remove(ready.unwrap_or(0));
-        placed.push(nodes[i]);
-        order.push(i);
-    }
-    order
-}
-
 impl RestoreMode {
     /// The lock a load takes: appending lets readers and other sessions' reads go on.
     pub fn lock_mode(self) -> &'static str {
@@ -101,23 +80,6 @@ impl RestoreMode {
 mod tests {
     use super::*;
     use crate::backup::manifest::{DatabaseIdentity, Kind, MANIFEST_FORMAT};
-
-    #[test]
-    fn load_order_puts_parents_first_and_survives_cycles() {
-        type Case<'a> = (&'a [u32], &'a [(u32, u32)], &'a [usize]);
-        let cases: &[Case] = &[
-            (&[1, 2, 3], &[], &[0, 1, 2]),
-            // 1 references 2, 2 references 3: 3, 2, 1.
-            (&[1, 2, 3], &[(1, 2), (2, 3)], &[2, 1, 0]),
-            // References to tables outside the restore do not hold anything up.
-            (&[1, 2], &[(1, 9)], &[0, 1]),
-            // A cycle: the first table goes first, the rest follows its references.
-            (&[1, 2, 3], &[(1, 2), (2, 1), (3, 1)], &[0, 1, 2]),
-        ];
-        for (nodes, edges, want) in cases {
-            assert_eq!(load_order(nodes, edges), *want, "{nodes:?} {edges:?}");
-        }
-    }
 
     fn entry(name: &str, scope: Scope) -> TableEntry {
         TableEntry {
@@ -159,6 +121,7 @@ mod tests {
                 entry("b", Scope::Columns),
                 entry("c", Scope::Table),
             ],
+            load_order: vec![],
             sequences: vec![],
         };
         let names = |v: &[&TableEntry]| v.iter().map(|t| t.name.clone()).collect::<Vec<_>>();

@@ -217,3 +217,27 @@ async fn a_downgrade_whose_store_fails_mid_export_is_refused_and_changes_nothing
         test_store.keys().await
     );
 }
+
+#[tokio::test]
+async fn sql_that_ends_the_transaction_it_runs_in_is_caught() {
+    let db = TestDb::new().await;
+    let mut c = db.client().await;
+    let tx = c.transaction().await.unwrap();
+    let guard = backstop::pg::session::TransactionGuard::start(&tx)
+        .await
+        .unwrap();
+    tx.batch_execute("CREATE TABLE kept (id int)")
+        .await
+        .unwrap();
+    guard.check(&tx, "the script").await.unwrap();
+    // What a COMMIT inside a step would do: the rest runs outside backstop's transaction.
+    tx.batch_execute("COMMIT; CREATE TABLE stray (id int)")
+        .await
+        .unwrap();
+    let err = guard.check(&tx, "down.sql of 002_x").await.unwrap_err();
+    assert_eq!(kind_of(&err), ErrorKind::Refused);
+    assert!(
+        format!("{err}").contains("down.sql of 002_x ended backstop's transaction"),
+        "{err}"
+    );
+}

@@ -141,6 +141,12 @@ async fn losses_in_other_schemas_are_planned_saved_and_restored() {
     p.ok(&["downgrade", "-1"]);
     assert_eq!(count(&c, "billing.subscriptions").await, 50);
     let (_, show) = p.json(&["backups", "show", newest(&p)["id"].as_str().unwrap()]);
+    // The manifest records the load order: the referenced table first.
+    assert_eq!(
+        show["load_order"],
+        serde_json::json!(["public.plans", "billing.subscriptions"]),
+        "{show}"
+    );
     let schemas: Vec<&str> = show["tables"]
         .as_array()
         .unwrap()

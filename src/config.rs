@@ -99,7 +99,7 @@ impl Default for MigrationsConfig {
 }
 
 /// `[storage]`: where backups go.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// `s3://bucket/prefix`, a directory path or a `file://` URL; default `./backstop-backups`.
@@ -113,6 +113,29 @@ pub struct StorageConfig {
     pub access_key_id: Option<String>,
     #[serde(skip_serializing)]
     pub secret_access_key: Option<Secret>,
+    /// Give up opening a connection to the store after this long.
+    pub connect_timeout_secs: u64,
+    /// Give up on a request (or a download) that received nothing for this long, so a
+    /// store that accepts connections and never answers fails the run instead of hanging.
+    pub read_timeout_secs: u64,
+    /// Give up on one request, retries included, after this long.
+    pub operation_timeout_secs: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            url: None,
+            endpoint: None,
+            region: None,
+            force_path_style: false,
+            access_key_id: None,
+            secret_access_key: None,
+            connect_timeout_secs: 10,
+            read_timeout_secs: 60,
+            operation_timeout_secs: 600,
+        }
+    }
 }
 
 /// `[backup]`: what an on-demand backup covers and how it is compressed.
@@ -210,6 +233,42 @@ impl Config {
             return usage(format!(
                 "{origin}: [backup] zstd_level is {}; zstd levels run from 1 to 22",
                 self.backup.zstd_level
+            ));
+        }
+        // Zero would mean "wait forever" to PostgreSQL and the S3 client alike.
+        let waits = [
+            (
+                "[database] connect_timeout_secs",
+                self.database.connect_timeout_secs,
+            ),
+            (
+                "[database] lock_timeout_secs",
+                self.database.lock_timeout_secs,
+            ),
+            (
+                "[database] statement_timeout_secs",
+                self.database.statement_timeout_secs,
+            ),
+            (
+                "[database] migration_lock_timeout_secs",
+                self.database.migration_lock_timeout_secs,
+            ),
+            (
+                "[storage] connect_timeout_secs",
+                self.storage.connect_timeout_secs,
+            ),
+            (
+                "[storage] read_timeout_secs",
+                self.storage.read_timeout_secs,
+            ),
+            (
+                "[storage] operation_timeout_secs",
+                self.storage.operation_timeout_secs,
+            ),
+        ];
+        if let Some((key, _)) = waits.iter().find(|(_, v)| *v == 0) {
+            return usage(format!(
+                "{origin}: {key} is 0, which would mean waiting without end; give it a number of seconds"
             ));
         }
         if self.backup.parallelism == 0 {
@@ -352,6 +411,24 @@ mod tests {
         assert_eq!(c.backup.tables, vec!["tasks".to_string()]);
         assert_eq!(c.schedules.len(), 1);
         assert_eq!(c.retention.keep_last, Some(7));
+    }
+
+    #[test]
+    fn waits_without_end_are_refused() {
+        for (section, key) in [
+            ("database", "lock_timeout_secs"),
+            ("database", "connect_timeout_secs"),
+            ("storage", "read_timeout_secs"),
+            ("storage", "operation_timeout_secs"),
+        ] {
+            let text = format!("[{section}]\n{key} = 0\n");
+            let err = Config::parse(&text, "b.toml").unwrap_err();
+            assert_eq!(ExitCode::of(&err), ExitCode::Usage);
+            assert!(
+                err.to_string().contains(&format!("[{section}] {key} is 0")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

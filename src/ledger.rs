@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_postgres::GenericClient;
 
-use crate::pg::{qualified, quote_ident, PgContext};
+use crate::pg::{qualified, PgContext};
 
 pub use crate::pg::catalog::{BOOKKEEPING_TABLE, DOWNGRADES_TABLE, OWN_TABLES};
 
@@ -76,12 +76,12 @@ impl Ledger {
             .get(0))
     }
 
-    /// Creates the schema and both tables if they are missing.
+    /// Creates both tables if they are missing (never the schema: see
+    /// [`require_schema`](crate::pg::catalog::require_schema)).
     pub async fn ensure(&self, client: &impl GenericClient) -> anyhow::Result<()> {
         client
             .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {schema};
-                 CREATE TABLE IF NOT EXISTS {table} (
+                "CREATE TABLE IF NOT EXISTS {table} (
                      revision text PRIMARY KEY,
                      checksum text NOT NULL,
                      applied_at timestamptz NOT NULL DEFAULT now(),
@@ -95,7 +95,6 @@ impl Ledger {
                      restored_at timestamptz
                  );
                  ALTER TABLE {downgrades} ADD COLUMN IF NOT EXISTS superseded_at timestamptz",
-                schema = quote_ident(&self.schema),
                 table = self.migrations(),
                 downgrades = self.downgrades()
             ))

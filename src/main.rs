@@ -48,6 +48,8 @@ fn main() -> std::process::ExitCode {
         .with_target(false)
         .without_time()
         .init();
+    // Row values in PostgreSQL's messages (a duplicate key, a COPY line) only with -v.
+    backstop::pg::show_row_values(cli.verbose > 0);
     let json = cli.json;
     // One thread for all async work: compression and decompression run on blocking
     // threads, and keeping the connection tasks and the streams that read them on one thread

@@ -373,6 +373,7 @@ mod tests {
                 .collect(),
             primary_key: pk.iter().map(|s| s.to_string()).collect(),
             estimated_bytes: 0,
+            stored_estimate: 0,
             sequences: Vec::new(),
             on_restore: OnRestore::Load,
         }

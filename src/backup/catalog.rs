@@ -6,12 +6,53 @@
 //! younger one may still be uploading).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::manifest::{check_backup_id, Manifest, MANIFEST_NAME};
 use crate::store::{ObjectInfo, Store};
+
+/// The object a backup in progress keeps fresh, so `prune` leaves its folder alone.
+pub const LEASE_NAME: &str = "lease.json";
+/// How often the lease is rewritten.
+pub const LEASE_REFRESH: Duration = Duration::from_secs(20);
+/// A lease younger than this means the backup is still being written.
+pub const LEASE_FRESH: Duration = Duration::from_secs(120);
+
+/// Writes the lease of `backup_id` (before the first table, so a backup is never without
+/// one). A failed write is only logged: the backup itself fails if the store is gone.
+pub async fn write_lease(store: &Store, backup_id: &str) {
+    let body = serde_json::json!({
+        "pid": std::process::id(),
+        "refreshed_at": OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    });
+    let key = format!("{backup_id}/{LEASE_NAME}");
+    if let Err(e) = store.put(&key, Bytes::from(body.to_string()), false).await {
+        tracing::warn!("could not write the lease of backup {backup_id}: {e:#}");
+    }
+}
+
+/// Rewrites the lease every [`LEASE_REFRESH`]; never returns (drop it when the work ends).
+pub async fn keep_lease(store: &Store, backup_id: &str) {
+    loop {
+        tokio::time::sleep(LEASE_REFRESH).await;
+        write_lease(store, backup_id).await;
+    }
+}
+
+/// Removes the lease of a finished backup; a leftover lease is harmless (the folder has a
+/// manifest) and only logged.
+pub async fn drop_lease(store: &Store, backup_id: &str) {
+    let key = format!("{backup_id}/{LEASE_NAME}");
+    if let Err(e) = store.delete(&[key]).await {
+        tracing::debug!("could not remove the lease of backup {backup_id}: {e:#}");
+    }
+}
 
 /// A folder in the store that has objects but no manifest.
 #[derive(Debug, Clone, Serialize)]
@@ -20,6 +61,17 @@ pub struct Incomplete {
     pub objects: Vec<String>,
     #[serde(skip)]
     pub newest: Option<OffsetDateTime>,
+    /// When its lease was last written, if it has one: a backup in progress.
+    #[serde(skip)]
+    pub lease: Option<OffsetDateTime>,
+}
+
+impl Incomplete {
+    /// Whether a backup is still writing this folder.
+    pub fn in_progress(&self, now: OffsetDateTime) -> bool {
+        self.lease
+            .is_some_and(|t| now - t < time::Duration::seconds(LEASE_FRESH.as_secs() as i64))
+    }
 }
 
 /// Everything found in a store.
@@ -51,6 +103,10 @@ pub async fn scan(store: &Store) -> anyhow::Result<Catalog> {
         if !has_manifest {
             catalog.incomplete.push(Incomplete {
                 newest: objects.iter().filter_map(|o| o.modified).max(),
+                lease: objects
+                    .iter()
+                    .find(|o| o.key == format!("{id}/{LEASE_NAME}"))
+                    .and_then(|o| o.modified),
                 objects: objects.into_iter().map(|o| o.key).collect(),
                 id,
             });

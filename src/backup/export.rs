@@ -18,7 +18,7 @@ use tokio_postgres::Transaction;
 use super::manifest::{ColumnEntry, Manifest, OnRestore, Scope, SequenceEntry, TableEntry};
 use crate::context::OpContext;
 use crate::error::{err, Kind};
-use crate::pg::{qualified, quote_ident, PgContext, PgError};
+use crate::pg::{qualified, quote_ident, Database, PgContext, PgError};
 use crate::store::Store;
 use tokio_postgres::error::SqlState;
 
@@ -38,8 +38,11 @@ pub struct TableSpec {
     /// Every column except generated ones, which restore recomputes.
     pub columns: Vec<ColumnEntry>,
     pub primary_key: Vec<String>,
-    /// On-disk size of the heap, to size upload parts and the progress bar.
+    /// On-disk size of the heap, for the progress bar.
     pub estimated_bytes: u64,
+    /// On-disk size of heap and TOAST, which sizes upload parts (an upper bound of the
+    /// compressed CSV, so the part count stays under S3's limit).
+    pub stored_estimate: u64,
     pub sequences: Vec<SequenceEntry>,
     pub on_restore: OnRestore,
 }
@@ -52,6 +55,8 @@ pub struct ExportJob<'a> {
     pub zstd_level: i32,
     /// Cancellation and progress of the backup this table belongs to.
     pub ctx: &'a OpContext,
+    /// Where the exporting sessions are, to cancel a COPY whose upload failed.
+    pub db: &'a Database,
 }
 
 /// Exports `spec` from the snapshot of `tx` into the backup's folder.
@@ -65,6 +70,7 @@ pub async fn export_table(
         backup_id,
         zstd_level,
         ctx,
+        db,
     } = job;
     let progress = ctx.observer();
     let key = Manifest::table_key(backup_id, &spec.schema, &spec.name);
@@ -79,7 +85,7 @@ pub async fn export_table(
         Ok(s) => s,
         Err(e) => return Err(row_security_refusal(e, &table)),
     };
-    let mut upload = store.upload(&key, spec.estimated_bytes).await?;
+    let mut upload = store.upload(&key, spec.stored_estimate).await?;
 
     let (raw_tx, raw_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
@@ -133,6 +139,9 @@ pub async fn export_table(
     let ((rows, bytes), ()) = match outcome {
         Ok(v) => v,
         Err(e) => {
+            // Stop the server sending the rest of the table; the session would otherwise
+            // read it all before it could roll back.
+            db.cancel(tx.cancel_token()).await;
             upload.abort().await;
             return Err(e.context(format!("backing up table {}", spec.name)));
         }

@@ -51,7 +51,6 @@ pub struct ManifestHeader {
 /// Worker connections that may share the exporting transaction's snapshot.
 #[derive(Clone, Copy)]
 pub struct Workers<'a> {
-    pub db: &'a Database,
     pub settings: &'a DatabaseConfig,
     /// Connections besides the exporting transaction itself.
     pub extra: usize,
@@ -128,6 +127,7 @@ fn spec(shape: pg_catalog::TableShape) -> TableSpec {
             .collect(),
         primary_key: shape.primary_key,
         estimated_bytes: shape.relation.heap_bytes.max(0) as u64,
+        stored_estimate: shape.relation.table_bytes.max(0) as u64,
         sequences: shape
             .sequences
             .into_iter()
@@ -157,6 +157,7 @@ pub async fn identity(client: &impl GenericClient) -> anyhow::Result<DatabaseIde
 /// the error says so; the database is never changed.
 pub async fn export(
     tx: &Transaction<'_>,
+    db: &Database,
     workers: Option<Workers<'_>>,
     store: &Store,
     header: ManifestHeader,
@@ -177,21 +178,36 @@ pub async fn export(
         backup_id: &id,
         zstd_level: header.zstd_level,
         ctx,
+        db,
     };
     ctx.observer()
         .begin("backup", specs.iter().map(|s| s.estimated_bytes).sum());
-    let exported = match workers {
-        Some(w) if w.extra > 0 && specs.len() > 1 => export_parallel(tx, w, job, specs).await,
-        _ => export_sequential(tx, job, specs).await,
+    let work = async {
+        let tables = match workers {
+            Some(w) if w.extra > 0 && specs.len() > 1 => {
+                export_parallel(tx, db, w, job, specs).await
+            }
+            _ => export_sequential(tx, job, specs).await,
+        }?;
+        check_objects(store, &id, &tables).await?;
+        anyhow::Ok(tables)
+    };
+    // The lease tells `prune` this folder is being written; it is refreshed until the
+    // tables are stored and checked (the refresher never ends on its own).
+    catalog::write_lease(store, &id).await;
+    let exported = tokio::select! {
+        r = work => r,
+        _ = catalog::keep_lease(store, &id) => unreachable!("the lease is kept until the work ends"),
     };
     ctx.observer().end();
     let tables = match exported {
         Ok(t) => t,
         Err(e) => {
-            discard(store, &id).await;
-            return Err(
-                e.context("the backup failed and was removed; the database was not changed")
-            );
+            let what = match discard(store, &id).await {
+                Ok(()) => "the backup failed and was removed".to_string(),
+                Err(left) => format!("the backup failed and {left}"),
+            };
+            return Err(e.context(format!("{what}; the database was not changed")));
         }
     };
     let manifest = Manifest {
@@ -212,9 +228,13 @@ pub async fn export(
         sequences: header.sequences,
     };
     if let Err(e) = write_manifest(store, &manifest).await {
-        discard(store, &id).await;
-        return Err(e.context("writing the manifest failed; the backup was removed"));
+        let what = match discard(store, &id).await {
+            Ok(()) => "writing the manifest failed; the backup was removed".to_string(),
+            Err(left) => format!("writing the manifest failed and {left}"),
+        };
+        return Err(e.context(what));
     }
+    catalog::drop_lease(store, &id).await;
     Ok(manifest)
 }
 
@@ -257,6 +277,7 @@ async fn take_tables(
 /// every table comes from the one snapshot `tx` holds.
 async fn export_parallel(
     tx: &Transaction<'_>,
+    db: &Database,
     workers: Workers<'_>,
     job: ExportJob<'_>,
     specs: &[TableSpec],
@@ -268,7 +289,7 @@ async fn export_parallel(
         .get(0);
     let next = AtomicUsize::new(0);
     let worker = || async {
-        let mut client = workers.db.connect().await?;
+        let mut client = db.connect().await?;
         pin_session(&client, workers.settings).await?;
         let wtx = client
             .build_transaction()
@@ -320,15 +341,45 @@ async fn write_manifest(store: &Store, manifest: &Manifest) -> anyhow::Result<()
     Ok(())
 }
 
-/// Removes whatever a failed backup left in the store.
-async fn discard(store: &Store, backup_id: &str) {
-    match store.list(&format!("{backup_id}/")).await {
-        Ok(objects) => {
-            let keys: Vec<String> = objects.into_iter().map(|o| o.key).collect();
-            if let Err(e) = store.delete(&keys).await {
-                tracing::warn!("could not remove the partial backup {backup_id}: {e:#}; `backstop backups prune` removes it later");
-            }
+/// Every table object is in the store with the size written, before a manifest may say so.
+async fn check_objects(store: &Store, id: &str, tables: &[TableEntry]) -> anyhow::Result<()> {
+    let stored = store.list(&format!("{id}/")).await?;
+    for t in tables {
+        match stored.iter().find(|o| o.key == t.key) {
+            Some(o) if o.size == t.compressed_bytes => {}
+            Some(o) => anyhow::bail!(
+                "{} holds {} bytes in {} but {} were written",
+                t.key,
+                o.size,
+                store.describe(),
+                t.compressed_bytes
+            ),
+            None => anyhow::bail!(
+                "{} is not in {} although its upload reported success",
+                t.key,
+                store.describe()
+            ),
         }
-        Err(e) => tracing::warn!("could not list the partial backup {backup_id}: {e:#}"),
     }
+    Ok(())
+}
+
+/// Removes whatever a failed backup left in the store; when that fails, says what is left.
+async fn discard(store: &Store, backup_id: &str) -> Result<(), String> {
+    let removed = async {
+        let keys: Vec<String> = store
+            .list(&format!("{backup_id}/"))
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        store.delete(&keys).await
+    }
+    .await;
+    removed.map_err(|e| {
+        tracing::warn!("could not remove the partial backup {backup_id}: {e:#}");
+        format!(
+            "its partial upload {backup_id} could not be removed ({e:#}); `backstop backups prune` removes it"
+        )
+    })
 }

@@ -82,14 +82,22 @@ pub fn plan_prune(
     let after =
         time::Duration::seconds(retention.incomplete_after_secs.min(i64::MAX as u64) as i64);
     let old = |t: Option<OffsetDateTime>| t.is_some_and(|t| now - t >= after);
+    // A folder with a fresh lease is a backup being written, however old its first parts.
     plan.incomplete = catalog
         .incomplete
         .iter()
-        .filter(|i| old(i.newest))
+        .filter(|i| old(i.newest) && !i.in_progress(now))
         .cloned()
         .collect();
+    let live: Vec<&str> = catalog
+        .incomplete
+        .iter()
+        .filter(|i| i.in_progress(now))
+        .map(|i| i.id.as_str())
+        .collect();
     for p in pending {
-        if old(p.initiated) {
+        let of_live = live.iter().any(|id| p.key.starts_with(&format!("{id}/")));
+        if old(p.initiated) && !of_live {
             plan.stale_uploads
                 .push((p.key.clone(), p.upload_id.clone()));
             plan.pending.push(p);
@@ -217,38 +225,38 @@ mod tests {
     }
 
     #[test]
-    fn only_old_incomplete_uploads_go() {
+    fn only_old_incomplete_uploads_go_and_never_one_with_a_fresh_lease() {
         let now = time::macros::datetime!(2026-11-24 13:00 UTC);
+        let folder = |id: &str, newest_mins: i64, lease_mins: Option<i64>| Incomplete {
+            id: id.into(),
+            objects: vec![format!("{id}/x")],
+            newest: Some(now - time::Duration::minutes(newest_mins)),
+            lease: lease_mins.map(|m| now - time::Duration::minutes(m)),
+        };
         let catalog = Catalog {
             incomplete: vec![
-                Incomplete {
-                    id: "old".into(),
-                    objects: vec!["old/x".into()],
-                    newest: Some(now - time::Duration::hours(2)),
-                },
-                Incomplete {
-                    id: "new".into(),
-                    objects: vec!["new/x".into()],
-                    newest: Some(now - time::Duration::minutes(5)),
-                },
+                folder("old", 120, None),
+                folder("new", 5, None),
+                // Its first object is hours old, but its lease was written a minute ago.
+                folder("live", 180, Some(1)),
+                // A lease nobody refreshed for an hour: the writer is gone.
+                folder("dead", 180, Some(60)),
             ],
             ..Default::default()
         };
-        let pending = vec![
-            PendingUpload {
-                key: "a".into(),
-                upload_id: "1".into(),
-                initiated: Some(now - time::Duration::hours(3)),
-            },
-            PendingUpload {
-                key: "b".into(),
-                upload_id: "2".into(),
-                initiated: Some(now),
-            },
+        let pending = |key: &str, hours: i64, id: &str| PendingUpload {
+            key: key.into(),
+            upload_id: id.into(),
+            initiated: Some(now - time::Duration::hours(hours)),
+        };
+        let uploads = vec![
+            pending("a", 3, "1"),
+            pending("b", 0, "2"),
+            pending("live/public.t.csv.zst", 3, "3"),
         ];
-        let plan = plan_prune(&catalog, pending, &RetentionConfig::default(), now);
-        assert_eq!(plan.incomplete.len(), 1);
-        assert_eq!(plan.incomplete[0].id, "old");
+        let plan = plan_prune(&catalog, uploads, &RetentionConfig::default(), now);
+        let ids: Vec<&str> = plan.incomplete.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["old", "dead"]);
         assert_eq!(plan.stale_uploads, [("a".to_string(), "1".to_string())]);
     }
 }

@@ -5,7 +5,7 @@
 //! object, the CSV header against the manifest's columns, and the number of records.
 //! The caller decides what a mismatch means; for a restore it means rolling back.
 
-use std::io::Write;
+use std::io::Read;
 use std::pin::Pin;
 
 use anyhow::Context;
@@ -89,7 +89,8 @@ where
         .with_context(|| format!("opening the backup of table {}", entry.name))?;
     let (in_tx, in_rx) = mpsc::channel::<Bytes>(4);
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(4);
-    let worker = tokio::task::spawn_blocking(move || decode(in_rx, out_tx));
+    let limit = entry.bytes;
+    let worker = tokio::task::spawn_blocking(move || decode(in_rx, out_tx, limit));
     let feed = async move {
         while let Some(chunk) = body.next().await {
             if in_tx.send(chunk?).await.is_err() {
@@ -116,36 +117,91 @@ where
     decoded.with_context(|| format!("reading the backup of table {} ({})", entry.name, entry.key))
 }
 
-/// Runs on a blocking thread.
-fn decode(mut rx: mpsc::Receiver<Bytes>, tx: mpsc::Sender<Bytes>) -> anyhow::Result<ReadStats> {
-    let mut decoder = zstd::stream::write::Decoder::new(Vec::with_capacity(CHUNK * 2))
-        .context("starting zstd")?;
-    let mut hasher = Sha256::new();
-    let mut counter = RecordCounter::default();
-    let (mut compressed, mut bytes) = (0u64, 0u64);
-    let mut ship = |buf: Vec<u8>, counter: &mut RecordCounter| -> anyhow::Result<()> {
-        counter.feed(&buf);
-        bytes += buf.len() as u64;
-        tx.blocking_send(Bytes::from(buf))
-            .map_err(|_| anyhow::anyhow!("the loader stopped"))
-    };
-    while let Some(chunk) = rx.blocking_recv() {
-        hasher.update(&chunk);
-        compressed += chunk.len() as u64;
-        decoder.write_all(&chunk).map_err(corrupt)?;
-        if decoder.get_ref().len() >= CHUNK {
-            let out = std::mem::replace(decoder.get_mut(), Vec::with_capacity(CHUNK * 2));
-            ship(out, &mut counter)?;
+/// The compressed chunks of one object, read as a byte stream, hashed as they arrive.
+struct Compressed {
+    rx: mpsc::Receiver<Bytes>,
+    current: Bytes,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl Compressed {
+    /// Takes the next chunk; false at the end of the object.
+    fn next_chunk(&mut self) -> bool {
+        match self.rx.blocking_recv() {
+            Some(chunk) => {
+                self.hasher.update(&chunk);
+                self.bytes += chunk.len() as u64;
+                self.current = chunk;
+                true
+            }
+            None => false,
         }
     }
-    decoder.flush().map_err(corrupt)?;
-    let rest = std::mem::take(decoder.get_mut());
-    if !rest.is_empty() {
-        ship(rest, &mut counter)?;
+}
+
+impl Read for Compressed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            if !self.next_chunk() {
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
     }
+}
+
+/// Runs on a blocking thread: decompresses at most [`CHUNK`] bytes at a time, and refuses
+/// to produce more than `limit` bytes (the size the manifest recorded), so neither a large
+/// table nor a small object that expands to gigabytes (a zstd bomb) is ever held in memory.
+fn decode(
+    rx: mpsc::Receiver<Bytes>,
+    tx: mpsc::Sender<Bytes>,
+    limit: u64,
+) -> anyhow::Result<ReadStats> {
+    let input = Compressed {
+        rx,
+        current: Bytes::new(),
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    let mut decoder = zstd::stream::read::Decoder::new(input).context("starting zstd")?;
+    let mut counter = RecordCounter::default();
+    let mut bytes = 0u64;
+    loop {
+        let mut buf = vec![0u8; CHUNK];
+        let mut filled = 0;
+        while filled < CHUNK {
+            match decoder.read(&mut buf[filled..]).map_err(corrupt)? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        bytes += filled as u64;
+        if bytes > limit {
+            return Err(crate::error::err(
+                crate::error::Kind::Verification,
+                format!(
+                    "the object expands past the {limit} bytes its manifest records; decompression was stopped there (a corrupt or forged object)"
+                ),
+            ));
+        }
+        buf.truncate(filled);
+        counter.feed(&buf);
+        tx.blocking_send(Bytes::from(buf))
+            .map_err(|_| anyhow::anyhow!("the loader stopped"))?;
+    }
+    // Whatever follows the last frame still counts for the checksum.
+    let mut input = decoder.finish().into_inner();
+    while input.next_chunk() {}
     Ok(ReadStats {
-        sha256: hex(&hasher.finalize()),
-        compressed_bytes: compressed,
+        sha256: hex(&input.hasher.finalize()),
+        compressed_bytes: input.bytes,
         bytes,
         rows: counter.records().saturating_sub(1),
         header: counter.header()?,
@@ -168,13 +224,22 @@ struct RecordCounter {
     /// Bytes after the last record end, so a final record without newline still counts.
     pending: bool,
     header: Vec<u8>,
+    /// The first record went past [`MAX_HEADER`] bytes.
+    header_too_long: bool,
 }
+
+/// A CSV header longer than this is not one backstop wrote.
+const MAX_HEADER: usize = 1024 * 1024;
 
 impl RecordCounter {
     fn feed(&mut self, data: &[u8]) {
         for &b in data {
             if self.records == 0 {
-                self.header.push(b);
+                if self.header.len() < MAX_HEADER {
+                    self.header.push(b);
+                } else {
+                    self.header_too_long = true;
+                }
             }
             match b {
                 b'"' => {
@@ -195,6 +260,12 @@ impl RecordCounter {
     }
 
     fn header(&self) -> anyhow::Result<Vec<String>> {
+        if self.header_too_long {
+            return Err(crate::error::err(
+                crate::error::Kind::Verification,
+                format!("the CSV header is longer than {MAX_HEADER} bytes; this is not a backup backstop wrote"),
+            ));
+        }
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .from_reader(self.header.as_slice());

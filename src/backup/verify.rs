@@ -23,6 +23,20 @@ pub struct VerifyResult {
     pub id: String,
     pub ok: bool,
     pub tables: Vec<TableCheck>,
+    /// Why the backup as a whole failed (a manifest that cannot be read).
+    pub problem: Option<String>,
+}
+
+impl VerifyResult {
+    /// A backup whose manifest could not be read or was refused: a failure, never "ok".
+    pub fn unreadable(id: &str, why: &str) -> VerifyResult {
+        VerifyResult {
+            id: id.to_string(),
+            ok: false,
+            tables: Vec::new(),
+            problem: Some(format!("its manifest cannot be used: {why}")),
+        }
+    }
 }
 
 /// Re-reads every object of a backup: SHA-256, decompression, CSV records and header.
@@ -58,5 +72,6 @@ pub async fn verify(store: &Store, manifest: &Manifest, ctx: &OpContext) -> Veri
         id: manifest.id.clone(),
         ok: tables.iter().all(|t| t.ok),
         tables,
+        problem: None,
     }
 }

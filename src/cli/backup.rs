@@ -10,7 +10,7 @@ use backstop::ops::verify::{verify, Which};
 use backstop::restore::RestoreMode;
 use clap::{Args, Subcommand, ValueEnum};
 
-use super::fmt::{age, human_bytes};
+use super::fmt::{age, human_bytes, printable, seconds};
 use super::{Ctx, Output};
 
 #[derive(Debug, Args)]
@@ -85,7 +85,7 @@ fn summary_line(m: &Manifest, now: time::OffsetDateTime, status: Option<&str>) -
         "{}  {:<13}  {:<16}  {:>3} table(s)  {:>10} rows  {:>10}  {}",
         m.id,
         m.kind.as_str(),
-        m.revision.as_deref().unwrap_or("(none)"),
+        printable(m.revision.as_deref().unwrap_or("(none)")),
         m.tables.len(),
         m.rows(),
         human_bytes(m.compressed_bytes()),
@@ -106,6 +106,7 @@ pub async fn backup(ctx: &Ctx, args: BackupArgs) -> anyhow::Result<Output> {
         tables: args.tables,
         label: args.label,
         target_revision: None,
+        every_schema: false,
     };
     let config = ws.config();
     let m = take(
@@ -155,10 +156,14 @@ pub async fn backups(ctx: &Ctx, args: BackupsArgs) -> anyhow::Result<Output> {
                 text.push('\n');
             }
             for i in &catalog.incomplete {
-                tracing::info!("{} is an incomplete upload (no manifest); `backups prune` removes it after an hour", i.id);
+                tracing::info!(
+                    "{} is an incomplete upload (no manifest); `backups prune` removes it once it is {} old",
+                    i.id,
+                    seconds(ws.config().retention.incomplete_after_secs)
+                );
             }
             for (id, why) in &catalog.unreadable {
-                tracing::warn!("backup {id} has an unreadable manifest: {why}");
+                tracing::warn!("backup {id} has an unreadable manifest: {}", printable(why));
             }
             let json = serde_json::json!({
                 "store": store.describe(),
@@ -184,24 +189,24 @@ pub async fn backups(ctx: &Ctx, args: BackupsArgs) -> anyhow::Result<Output> {
                 "backup    {}\nkind      {}\ncreated   {}\ndatabase  {} (PostgreSQL {})\nschema    {}\nrevision  {}\n",
                 m.id,
                 m.kind.as_str(),
-                m.created_at,
-                m.database,
-                m.database.server_version,
+                printable(&m.created_at),
+                printable(&m.database.to_string()),
+                printable(&m.database.server_version),
                 m.schema,
-                m.revision.as_deref().unwrap_or("(none)")
+                printable(m.revision.as_deref().unwrap_or("(none)"))
             );
             if let Some(t) = &m.target_revision {
-                text.push_str(&format!("target    {t}\n"));
+                text.push_str(&format!("target    {}\n", printable(t)));
             }
             if let Some(l) = &m.label {
-                text.push_str(&format!("label     {l}\n"));
+                text.push_str(&format!("label     {}\n", printable(l)));
             }
             text.push_str(&format!("zstd      level {}\ntables:\n", m.zstd_level));
             for t in &m.tables {
                 let cols: Vec<String> = t
                     .columns
                     .iter()
-                    .map(|c| format!("{} {}", c.name, c.data_type))
+                    .map(|c| format!("{} {}", printable(&c.name), printable(&c.data_type)))
                     .collect();
                 text.push_str(&format!(
                     "  {}: {} rows, {} CSV, {} stored, sha256 {}\n    columns: {}\n",
@@ -230,6 +235,9 @@ pub async fn backups(ctx: &Ctx, args: BackupsArgs) -> anyhow::Result<Output> {
                     r.id,
                     if r.ok { "OK" } else { "FAILED" }
                 ));
+                if let Some(p) = &r.problem {
+                    text.push_str(&format!("  {}\n", printable(p)));
+                }
                 for t in &r.tables {
                     match &t.problem {
                         None => text.push_str(&format!(
@@ -237,7 +245,7 @@ pub async fn backups(ctx: &Ctx, args: BackupsArgs) -> anyhow::Result<Output> {
                             t.table,
                             t.rows.unwrap_or(0)
                         )),
-                        Some(p) => text.push_str(&format!("  {}: {p}\n", t.table)),
+                        Some(p) => text.push_str(&format!("  {}: {}\n", t.table, printable(p))),
                     }
                 }
             }

@@ -234,7 +234,7 @@ fn render_protection(report: &MigrateReport, s: &mut String) {
     let Some(p) = &report.protection else { return };
     if p.whole_schema {
         s.push_str(
-            "a step cannot run in a transaction, so every table of the schema is backed up first\n",
+            "a step cannot run in a transaction, so every table of every schema is backed up first\n",
         );
     }
     let at_risk: Vec<_> = p

@@ -6,11 +6,12 @@ use serde::Serialize;
 use tokio_postgres::IsolationLevel;
 
 use crate::backup::manifest::{Kind, Manifest};
-use crate::backup::{describe_tables, export, ManifestHeader, Workers};
+use crate::backup::{describe, describe_tables, export, ManifestHeader, Workers};
 use crate::config::{BackupConfig, DatabaseConfig};
 use crate::context::OpContext;
 use crate::error::usage;
 use crate::ledger::Ledger;
+use crate::pg::catalog::{data_tables, require_schema, Schemas};
 use crate::pg::session::pin_session;
 use crate::pg::{Database, PgContext};
 use crate::store::Store;
@@ -24,6 +25,9 @@ pub struct BackupOptions {
     pub label: Option<String>,
     /// For a backup taken before a downgrade: the revision it goes to.
     pub target_revision: Option<String>,
+    /// Every data table of every user schema, not only the configured schema's (before a
+    /// downgrade that cannot be planned, which may touch any of them).
+    pub every_schema: bool,
 }
 
 /// Takes the backup and returns its manifest; on failure nothing is left in the store.
@@ -45,12 +49,17 @@ pub async fn take(
         .start()
         .await
         .pg(|| "starting the backup transaction")?;
+    require_schema(&tx, &settings.schema).await?;
     let wanted = if options.tables.is_empty() {
         &config.tables
     } else {
         &options.tables
     };
-    let specs = describe_tables(&tx, &settings.schema, wanted).await?;
+    let specs = if options.every_schema {
+        describe(&tx, data_tables(&tx, Schemas::All).await?).await?
+    } else {
+        describe_tables(&tx, &settings.schema, wanted).await?
+    };
     if specs.is_empty() {
         return usage(format!(
             "schema {} has no tables to back up",
@@ -67,11 +76,10 @@ pub async fn take(
         sequences: Vec::new(),
     };
     let workers = Workers {
-        db,
         settings,
         extra: config.parallelism.max(1) - 1,
     };
-    let manifest = export(&tx, Some(workers), store, header, &specs, ctx).await?;
+    let manifest = export(&tx, db, Some(workers), store, header, &specs, ctx).await?;
     tx.commit().await.pg(|| "ending the backup transaction")?;
     Ok(manifest)
 }

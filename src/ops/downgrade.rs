@@ -151,7 +151,7 @@ async fn protected(
             zstd_level: m.backup.zstd_level,
             sequences,
         };
-        let manifest = export(&tx, None, store, header, &specs, ctx)
+        let manifest = export(&tx, &m.db, None, store, header, &specs, ctx)
             .await
             .map_err(backup_failed)?;
         tx.batch_execute(RESET_EXPORT_SETTINGS)
@@ -197,9 +197,8 @@ async fn after_full_backup(
         .map(|s| s.revision.as_str())
         .collect();
     tracing::warn!(
-        "{} cannot run in a transaction (backstop:no-transaction), so every table of schema {} is backed up first; writes committed between that backup and the downgrade are not in it",
-        names.join(", "),
-        m.settings.schema
+        "{} cannot run in a transaction (backstop:no-transaction), so every table of every schema is backed up first; writes committed between that backup and the downgrade are not in it",
+        names.join(", ")
     );
     if report.dry_run {
         report.protection = Some(Protection {
@@ -213,6 +212,7 @@ async fn after_full_backup(
         tables: Vec::new(),
         label: None,
         target_revision: report.plan.to.clone(),
+        every_schema: true,
     };
     let every_table = crate::config::BackupConfig {
         tables: Vec::new(),

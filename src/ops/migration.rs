@@ -12,7 +12,7 @@ use crate::config::{BackupConfig, DatabaseConfig};
 use crate::error::refused;
 use crate::ledger::Ledger;
 use crate::migrate::{plan, Direction, MigrationSet, Plan, Status, StepReport, StepRunner, Target};
-use crate::pg::catalog::{alembic_schema, existing_relations};
+use crate::pg::catalog::{alembic_schema, existing_relations, require_schema};
 use crate::pg::lock::MigrationLock;
 use crate::pg::session::migration_session;
 use crate::pg::{qualified, Database};
@@ -152,6 +152,7 @@ impl Migrator {
         allow_drift: bool,
         dry_run: bool,
     ) -> anyhow::Result<MigrateReport> {
+        require_schema(client, &self.settings.schema).await?;
         let status = self.status_with(client).await?;
         status.check_consistent(allow_drift)?;
         let plan = plan(&self.set, &status, target)?;

@@ -26,6 +26,7 @@ pub async fn stamp(m: &Migrator, target: &str) -> anyhow::Result<StampReport> {
         }
     };
     m.locked(async |client| {
+        crate::pg::catalog::require_schema(&*client, &m.settings.schema).await?;
         let ledger = m.ledger();
         let previous = m.status_with(&*client).await?.current;
         ledger.ensure(&*client).await?;

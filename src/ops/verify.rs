@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::backup::catalog::scan;
 use crate::backup::verify::{verify as verify_one, VerifyResult};
 use crate::context::OpContext;
-use crate::restore::load_manifest;
+use crate::restore::{load_manifest, RefusedManifest};
 use crate::store::Store;
 
 /// Which backups to verify.
@@ -23,11 +23,24 @@ pub struct VerifyReport {
 }
 
 pub async fn verify(store: &Store, which: &Which, ctx: &OpContext) -> anyhow::Result<VerifyReport> {
-    let manifests = match which {
-        Which::One(id) => vec![load_manifest(store, id).await?],
-        Which::All => scan(store).await?.backups,
-    };
     let mut backups = Vec::new();
+    let manifests = match which {
+        Which::One(id) => match load_manifest(store, id).await {
+            Ok(m) => vec![m],
+            Err(e) if e.downcast_ref::<RefusedManifest>().is_some() => {
+                backups.push(VerifyResult::unreadable(id, &format!("{e:#}")));
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        },
+        Which::All => {
+            let catalog = scan(store).await?;
+            for (id, why) in &catalog.unreadable {
+                backups.push(VerifyResult::unreadable(id, why));
+            }
+            catalog.backups
+        }
+    };
     for m in &manifests {
         ctx.check()?;
         backups.push(verify_one(store, m, ctx).await);

@@ -49,6 +49,9 @@ pub struct Relation {
     pub heap_bytes: i64,
     /// Heap, TOAST and indexes, in bytes.
     pub total_bytes: i64,
+    /// Heap and TOAST (no indexes), in bytes: the most its rows can take on disk, so a
+    /// fair upper bound of their compressed CSV.
+    pub table_bytes: i64,
     /// A partition of a partitioned table (its rows are also its parent's).
     pub is_partition: bool,
     /// A partitioned table: it holds no rows itself, its partitions do.
@@ -90,6 +93,7 @@ async fn tables(
             &format!(
                 "SELECT c.oid, n.nspname::text, c.relname::text, pg_catalog.pg_relation_size(c.oid),
                         pg_catalog.pg_total_relation_size(c.oid), c.relispartition, c.relkind = 'p',
+                        pg_catalog.pg_table_size(c.oid),
                         (SELECT pn.nspname || '.' || pc.relname FROM pg_catalog.pg_inherits i
                            JOIN pg_catalog.pg_class pc ON pc.oid = i.inhparent
                            JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace
@@ -116,7 +120,8 @@ async fn tables(
             total_bytes: r.get(4),
             is_partition: r.get(5),
             is_partitioned: r.get(6),
-            parent: r.get(7),
+            table_bytes: r.get(7),
+            parent: r.get(8),
         })
         .collect())
 }
@@ -601,6 +606,26 @@ pub async fn locked_relations(client: &impl GenericClient) -> anyhow::Result<Vec
         .iter()
         .map(|r| r.get(0))
         .collect())
+}
+
+/// Fails with a usage error when `schema` does not exist: backstop never creates the
+/// configured schema (a typo would otherwise get a second copy of every table).
+pub async fn require_schema(client: &impl GenericClient, schema: &str) -> anyhow::Result<()> {
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+            &[&schema],
+        )
+        .await
+        .pg(|| format!("looking up schema {schema}"))?
+        .get(0);
+    if !exists {
+        return crate::error::usage(format!(
+            "[database] schema {schema:?} does not exist in this database; create it (CREATE SCHEMA {}) or set [database] schema to one that exists; nothing was changed",
+            crate::pg::quote_ident(schema)
+        ));
+    }
+    Ok(())
 }
 
 /// Tables, views and materialized views of `schema` other than backstop's own, by name:

@@ -176,6 +176,22 @@ impl Database {
         Ok(client)
     }
 
+    /// Asks the server to cancel what `token`'s session is running (a COPY whose reader has
+    /// failed, so the server stops sending the rest of the table). Best effort: a failure is
+    /// only logged, since the session's end cancels it too.
+    pub async fn cancel(&self, token: tokio_postgres::CancelToken) {
+        let outcome = match self.tls_config() {
+            Ok(tls) => token
+                .cancel_query(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", PgError::from(e))),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            tracing::debug!("cancelling a statement on {}: {e:#}", self.describe());
+        }
+    }
+
     fn tls_config(&self) -> anyhow::Result<rustls::ClientConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())

@@ -2,8 +2,18 @@
 //! position in the statement), and `.pg(|| "what was being done")` to add that context.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio_postgres::error::SqlState;
+
+/// Whether error messages may show row values (`-v`). Off by default: a duplicate key's
+/// detail or a COPY line's value is data, and data stays out of logs and JSON output.
+static SHOW_ROW_VALUES: AtomicBool = AtomicBool::new(false);
+
+/// Lets messages carry the row values PostgreSQL puts in them (for `-v`).
+pub fn show_row_values(on: bool) {
+    SHOW_ROW_VALUES.store(on, Ordering::Relaxed);
+}
 
 /// A PostgreSQL error flattened into one readable line, keeping the SQLSTATE so callers
 /// can still ask what happened (a lock timeout, a cancelled statement).
@@ -15,18 +25,42 @@ pub struct PgError {
     pub position: Option<u32>,
 }
 
+/// Data errors (class 22) and constraint violations (class 23) quote the values at fault.
+fn names_values(code: &SqlState) -> bool {
+    let c = code.code();
+    c.starts_with("22") || c.starts_with("23")
+}
+
+/// `COPY t, line 2, column c: "value"` → `COPY t, line 2, column c`; `invalid input syntax
+/// for type date: "x"` → `invalid input syntax for type date`.
+fn without_value(text: &str) -> &str {
+    match text.find(": \"") {
+        Some(i) => &text[..i],
+        None => text,
+    }
+}
+
 impl From<tokio_postgres::Error> for PgError {
     fn from(e: tokio_postgres::Error) -> PgError {
         if let Some(db) = e.as_db_error() {
-            let mut message = db.message().to_string();
-            if let Some(detail) = db.detail() {
-                message.push_str(&format!(" (detail: {detail})"));
+            let show = SHOW_ROW_VALUES.load(Ordering::Relaxed);
+            let hides = !show && names_values(db.code());
+            let mut message = if hides {
+                without_value(db.message()).to_string()
+            } else {
+                db.message().to_string()
+            };
+            match db.detail() {
+                Some(_) if hides => message.push_str(" (its detail names row values: -v shows it)"),
+                Some(detail) => message.push_str(&format!(" (detail: {detail})")),
+                None => {}
             }
             if let Some(hint) = db.hint() {
                 message.push_str(&format!(" (hint: {hint})"));
             }
             // For COPY this names the line and column of the offending row.
             if let Some(place) = db.where_() {
+                let place = if show { place } else { without_value(place) };
                 message.push_str(&format!(" (at: {place})"));
             }
             let position = match db.position() {
@@ -84,5 +118,31 @@ impl<T> PgContext<T> for Result<T, tokio_postgres::Error> {
         what: impl FnOnce() -> C,
     ) -> anyhow::Result<T> {
         self.map_err(|e| anyhow::Error::new(PgError::from(e)).context(what()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_cut_from_messages_and_copy_lines() {
+        let cases = [
+            (
+                r#"COPY tasks, line 2, column due_on: "2026-13-45""#,
+                "COPY tasks, line 2, column due_on",
+            ),
+            (
+                r#"invalid input syntax for type date: "x""#,
+                "invalid input syntax for type date",
+            ),
+            ("COPY tasks, line 2", "COPY tasks, line 2"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(without_value(text), want);
+        }
+        assert!(names_values(&SqlState::UNIQUE_VIOLATION));
+        assert!(names_values(&SqlState::INVALID_DATETIME_FORMAT));
+        assert!(!names_values(&SqlState::LOCK_NOT_AVAILABLE));
     }
 }

@@ -10,5 +10,5 @@ pub mod session;
 mod sql;
 
 pub use connect::{Database, SslMode};
-pub use error::{PgContext, PgError};
+pub use error::{show_row_values, PgContext, PgError};
 pub use sql::{qualified, quote_ident, quote_literal};

@@ -16,7 +16,7 @@ use tokio_postgres::Transaction;
 
 use crate::backup::manifest::{check_backup_id, Manifest};
 use crate::context::OpContext;
-use crate::store::Store;
+use crate::store::{is_not_found, Store};
 pub use plan::RestorePlan;
 
 /// What to do with rows already in a target table.
@@ -68,7 +68,7 @@ pub async fn load_manifest(store: &Store, id: &str) -> anyhow::Result<Manifest> 
     let key = Manifest::manifest_key(id);
     let data = match store.get(&key).await {
         Ok(d) => d,
-        Err(e) => {
+        Err(e) if is_not_found(&e) => {
             let exists = store
                 .list(&format!("{id}/"))
                 .await
@@ -79,11 +79,30 @@ pub async fn load_manifest(store: &Store, id: &str) -> anyhow::Result<Manifest> 
             } else {
                 "`backstop backups list` shows the backups there"
             };
-            return Err(e.context(format!("no backup {id} in {} ({why})", store.describe())));
+            anyhow::bail!("no backup {id} in {} ({why})", store.describe());
+        }
+        Err(e) => {
+            return Err(e.context(format!(
+                "reading the manifest of backup {id} from {}",
+                store.describe()
+            )))
         }
     };
-    Manifest::parse(&data, id)
+    Manifest::parse(&data, id).map_err(|e| e.context(RefusedManifest(id.to_string())))
 }
+
+/// The manifest was read but refused (malformed, an unknown version, keys outside its
+/// backup): `verify` counts that as a failed check.
+#[derive(Debug)]
+pub struct RefusedManifest(pub String);
+
+impl std::fmt::Display for RefusedManifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "backup {} cannot be trusted as it is", self.0)
+    }
+}
+
+impl std::error::Error for RefusedManifest {}
 
 /// Loads what `plan` picked from `manifest` inside `tx` (which the caller commits or rolls
 /// back): whole tables first, then column-level entries by primary key, whatever the mode.

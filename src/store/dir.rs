@@ -14,7 +14,7 @@ use async_trait::async_trait;
 
 use crate::error::{err, Kind};
 
-use super::{check_key, ByteStream, ObjectInfo, ObjectStore, Upload};
+use super::{check_key, ByteStream, NotFound, ObjectInfo, ObjectStore, Upload};
 
 /// Marks temporary files; `prune` removes old ones.
 pub const TEMP_MARKER: &str = ".backstop-tmp-";
@@ -98,6 +98,9 @@ impl ObjectStore for DirStore {
     async fn put(&self, key: &str, data: Bytes, create_only: bool) -> anyhow::Result<()> {
         let (path, temp) = self.prepare(key).await?;
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        // Whatever ends this write (an error, or the caller dropping it), no temporary file
+        // stays behind; after the rename there is none to remove.
+        let _cleanup = RemoveOnDrop(temp.clone());
         let result = async {
             let mut f = tokio::fs::File::create(&temp)
                 .await
@@ -123,18 +126,18 @@ impl ObjectStore for DirStore {
             sync_dir(&dir).await
         }
         .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&temp).await;
-        }
         result.with_context(|| format!("writing {}", path.display()))
     }
 
     async fn get(&self, key: &str) -> anyhow::Result<Bytes> {
         let path = self.path(key)?;
-        let data = tokio::fs::read(&path)
-            .await
-            .with_context(|| format!("reading {}", path.display()))?;
-        Ok(Bytes::from(data))
+        match tokio::fs::read(&path).await {
+            Ok(data) => Ok(Bytes::from(data)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(NotFound(path.display().to_string()).into())
+            }
+            Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+        }
     }
 
     async fn get_stream(&self, key: &str) -> anyhow::Result<ByteStream> {
@@ -242,6 +245,15 @@ async fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     d.sync_all()
         .await
         .with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// Removes a temporary file when dropped, if it is still there.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// A file being written under a temporary name.

@@ -22,6 +22,8 @@ struct Faults {
     stall_write: Option<u64>,
     /// Writes to keys containing this text report success but store nothing.
     lose_key: Option<String>,
+    /// Every delete fails.
+    fail_deletes: bool,
 }
 
 /// Wraps a real store and injects the faults it was told to.
@@ -55,6 +57,12 @@ impl FaultyStore {
     /// Objects whose key contains `part` are accepted and silently not stored.
     pub fn lose_writes_to(self, part: &str) -> FaultyStore {
         self.faults.lock().expect("faults").lose_key = Some(part.to_string());
+        self
+    }
+
+    /// Every delete fails (a partial upload that cannot be cleaned up).
+    pub fn fail_deletes(self) -> FaultyStore {
+        self.faults.lock().expect("faults").fail_deletes = true;
         self
     }
 
@@ -143,6 +151,9 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn delete(&self, keys: &[String]) -> anyhow::Result<()> {
+        if self.faults.lock().expect("faults").fail_deletes {
+            return Err(err(Kind::StoreUnavailable, "injected failure of a delete"));
+        }
         self.inner.delete(keys).await
     }
 

@@ -162,6 +162,23 @@ pub async fn open(
     })
 }
 
+/// The object asked for is not in the store (as opposed to a store that could not answer).
+#[derive(Debug)]
+pub struct NotFound(pub String);
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} does not exist", self.0)
+    }
+}
+
+impl std::error::Error for NotFound {}
+
+/// Whether `e` says the object is not there.
+pub fn is_not_found(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<NotFound>().is_some())
+}
+
 /// Rejects keys that could leave the store's prefix.
 pub fn check_key(key: &str) -> anyhow::Result<()> {
     if key.is_empty()

@@ -9,21 +9,23 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as AwsByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinSet;
 
-use super::{check_key, ByteStream, ObjectInfo, ObjectStore, PendingUpload, Upload};
+use super::{check_key, ByteStream, NotFound, ObjectInfo, ObjectStore, PendingUpload, Upload};
 use crate::config::StorageConfig;
 use crate::error::{err, Kind};
 
 /// Smallest part; S3's own minimum is 5 MiB.
 pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
-/// Parts uploading at once.
+/// Parts uploading at once, at most.
 pub const PARTS_IN_FLIGHT: usize = 4;
+/// Bytes of parts uploading at once, at most (one part when parts are larger than this).
+const IN_FLIGHT_BYTES: usize = 24 * 1024 * 1024;
 const MAX_PARTS: u64 = 10_000;
 
 pub struct S3Store {
@@ -31,10 +33,59 @@ pub struct S3Store {
     bucket: String,
     prefix: String,
     endpoint: Option<String>,
+    /// How long a download may receive nothing before it fails.
+    read_timeout: Duration,
 }
 
-fn s3_error<E: std::error::Error + 'static>(e: E) -> anyhow::Error {
-    anyhow::anyhow!("{}", DisplayErrorContext(e))
+/// An S3 failure as a sentence that says what happened: no answer in time, no connection,
+/// access denied, no such bucket, or the service's own code and message. Every one is
+/// [`Kind::StoreUnavailable`]; none carries a credential.
+fn s3_error<E, R>(e: SdkError<E, R>) -> anyhow::Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    let what = match &e {
+        SdkError::TimeoutError(_) => {
+            "the store did not answer in time ([storage] read_timeout_secs, operation_timeout_secs)".to_string()
+        }
+        SdkError::DispatchFailure(d) if d.is_timeout() => {
+            "the store did not answer in time ([storage] connect_timeout_secs, read_timeout_secs)".to_string()
+        }
+        SdkError::DispatchFailure(_) => format!(
+            "could not reach the store ({}); check [storage] endpoint and that the service runs",
+            causes(&e)
+        ),
+        _ => match e.code() {
+            Some("AccessDenied") | Some("InvalidAccessKeyId") | Some("SignatureDoesNotMatch") => format!(
+                "the store denied access ({}); check the credentials and what they may do in the bucket",
+                e.code().unwrap_or_default()
+            ),
+            Some("NoSuchBucket") => {
+                "the bucket does not exist; create it or fix [storage] url".to_string()
+            }
+            Some(code) => format!(
+                "the store answered {code}: {}",
+                e.message().unwrap_or("(no message)")
+            ),
+            None => causes(&e),
+        },
+    };
+    err(Kind::StoreUnavailable, what)
+}
+
+/// An error and its causes, each as its message, without the SDK's debug dump.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
 }
 
 fn to_time(dt: &aws_sdk_s3::primitives::DateTime) -> Option<time::OffsetDateTime> {
@@ -68,6 +119,14 @@ type PutRequest = aws_sdk_s3::client::customize::CustomizableOperation<
     aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
 >;
 
+/// The part size for an object expected to be about `estimate` bytes: at least 5 MiB, in
+/// whole MiB, and large enough that twice the estimate still fits in S3's 10,000 parts.
+pub fn part_size(estimate: u64) -> usize {
+    let mib = 1024 * 1024;
+    let needed = (estimate.saturating_mul(2)).div_ceil(MAX_PARTS);
+    (needed.div_ceil(mib) * mib).max(MIN_PART_SIZE as u64) as usize
+}
+
 /// The one HTTPS client (rustls with ring, like the database connections), so the binary
 /// carries a single TLS stack.
 pub fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
@@ -94,8 +153,14 @@ impl S3Store {
             .retry_config(RetryConfig::standard().with_max_attempts(5))
             .timeout_config(
                 TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .read_timeout(Duration::from_secs(120))
+                    .connect_timeout(Duration::from_secs(config.connect_timeout_secs))
+                    .read_timeout(Duration::from_secs(config.read_timeout_secs))
+                    .operation_attempt_timeout(Duration::from_secs(
+                        config
+                            .read_timeout_secs
+                            .max(config.operation_timeout_secs / 5),
+                    ))
+                    .operation_timeout(Duration::from_secs(config.operation_timeout_secs))
                     .build(),
             );
         if let Some(region) = &config.region {
@@ -124,6 +189,7 @@ impl S3Store {
             bucket,
             prefix,
             endpoint: config.endpoint.clone(),
+            read_timeout: Duration::from_secs(config.read_timeout_secs),
         })
     }
 
@@ -173,8 +239,13 @@ impl S3Store {
             .key(&full)
             .send()
             .await
-            .map_err(s3_error)
-            .with_context(|| format!("reading s3://{}/{full}", self.bucket))?;
+            .map_err(|e| {
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                    NotFound(format!("s3://{}/{full}", self.bucket)).into()
+                } else {
+                    s3_error(e).context(format!("reading s3://{}/{full}", self.bucket))
+                }
+            })?;
         Ok((out.body, full))
     }
 }
@@ -196,30 +267,30 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| {
+                // HEAD answers carry no error code, only a status.
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                let what = match status {
+                    Some(403) => "the store denied access (403); check the credentials and what they may do in the bucket".to_string(),
+                    Some(404) => "the bucket does not exist; create it or fix [storage] url".to_string(),
+                    _ => format!("{:#}", s3_error(e)),
+                };
                 err(
                     Kind::StoreUnavailable,
-                    format!(
-                        "cannot reach bucket {} ({}): {}; check [storage] url, endpoint, region and the AWS credentials",
-                        self.bucket,
-                        self.describe(),
-                        DisplayErrorContext(e)
-                    ),
+                    format!("cannot reach bucket {} ({}): {what}", self.bucket, self.describe()),
                 )
             })?;
         Ok(())
     }
 
     async fn upload(&self, key: &str, size_hint: u64) -> anyhow::Result<Box<dyn Upload>> {
-        let mut part_size = MIN_PART_SIZE;
-        // Leave headroom: estimates can be low, and the part size also doubles on the way.
-        while (part_size as u64) * (MAX_PARTS / 2) < size_hint {
-            part_size *= 2;
-        }
+        let part_size = part_size(size_hint);
+        let in_flight = (IN_FLIGHT_BYTES / part_size).clamp(1, PARTS_IN_FLIGHT);
         Ok(Box::new(S3Upload {
             client: self.client.clone(),
             bucket: self.bucket.clone(),
             key: self.full_key(key),
             part_size,
+            in_flight_parts: in_flight,
             buffer: BytesMut::new(),
             upload_id: None,
             in_flight: JoinSet::new(),
@@ -274,15 +345,26 @@ impl ObjectStore for S3Store {
     async fn get_stream(&self, key: &str) -> anyhow::Result<ByteStream> {
         let (body, full) = self.open(key).await?;
         let bucket = self.bucket.clone();
+        let wait = self.read_timeout;
         let stream = futures_util::stream::try_unfold(
             (body, full, bucket),
-            |(mut body, full, bucket)| async move {
-                match body.try_next().await {
+            move |(mut body, full, bucket)| async move {
+                let next = tokio::time::timeout(wait, body.try_next()).await.map_err(|_| {
+                    err(
+                        Kind::StoreUnavailable,
+                        format!(
+                            "the store sent nothing for {}s while reading s3://{bucket}/{full} ([storage] read_timeout_secs)",
+                            wait.as_secs()
+                        ),
+                    )
+                })?;
+                match next {
                     Ok(Some(b)) => Ok(Some((b, (body, full, bucket)))),
                     Ok(None) => Ok(None),
-                    Err(e) => {
-                        Err(anyhow::Error::new(e).context(format!("reading s3://{bucket}/{full}")))
-                    }
+                    Err(e) => Err(err(
+                        Kind::StoreUnavailable,
+                        format!("reading s3://{bucket}/{full}: {e}"),
+                    )),
                 }
             },
         );
@@ -379,7 +461,9 @@ struct S3Upload {
     client: Client,
     bucket: String,
     key: anyhow::Result<String>,
+    /// Fixed for the upload, so the memory it holds is known from the start.
     part_size: usize,
+    in_flight_parts: usize,
     buffer: BytesMut,
     upload_id: Option<String>,
     in_flight: JoinSet<anyhow::Result<CompletedPart>>,
@@ -424,14 +508,20 @@ impl S3Upload {
                     .to_string(),
             );
         }
-        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+        while self.in_flight.len() >= self.in_flight_parts {
             self.collect_one().await?;
         }
         let number = self.next_part;
         self.next_part += 1;
-        // Stay under S3's 10,000-part limit even when the size estimate was far off.
-        if (number as u64).is_multiple_of(MAX_PARTS / 4) {
-            self.part_size *= 2;
+        if number as u64 > MAX_PARTS {
+            return Err(err(
+                Kind::StoreUnavailable,
+                format!(
+                    "s3://{}/{key} would need more than {MAX_PARTS} parts of {} MiB: the table's size estimate was far too low",
+                    self.bucket,
+                    self.part_size / (1024 * 1024)
+                ),
+            ));
         }
         let (client, bucket, id) = (
             self.client.clone(),
@@ -573,6 +663,28 @@ impl Drop for S3Upload {
                         .await;
                 });
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_are_sized_once_from_the_estimate() {
+        let mib = 1024 * 1024u64;
+        // (estimate, part size in MiB)
+        for (estimate, want) in [
+            (0, 5),
+            (10 * mib, 5),
+            (25_000 * mib, 5),
+            (30_000 * mib, 6),
+            (1024 * 1024 * mib, 210), // 1 TiB
+        ] {
+            let size = part_size(estimate) as u64;
+            assert_eq!(size / mib, want, "{estimate}");
+            assert!(size * MAX_PARTS >= estimate * 2);
         }
     }
 }

@@ -2,6 +2,7 @@
 //! database (see `common::TestDb`), so they run in parallel.
 
 mod backup;
+mod bounded;
 mod common;
 mod config;
 mod downgrade;

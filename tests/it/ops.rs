@@ -42,6 +42,7 @@ fn manual() -> BackupOptions {
         tables: Vec::new(),
         label: None,
         target_revision: None,
+        every_schema: false,
     }
 }
 
@@ -173,7 +174,8 @@ async fn a_downgrade_whose_store_fails_mid_export_is_refused_and_changes_nothing
     let parsed = Database::parse(&db.url, &DatabaseConfig::default()).unwrap();
     let set = MigrationSet::load(&p.migrations()).unwrap();
     let test_store = TestStore::dir();
-    let faulty = Arc::new(FaultyStore::new(test_store.open().await).fail_write(1));
+    // Write 1 is the backup's lease; write 2 its first table chunk.
+    let faulty = Arc::new(FaultyStore::new(test_store.open().await).fail_write(2));
     let m = Migrator::new(parsed, DatabaseConfig::default(), set)
         .with_store(faulty.clone(), BackupConfig::default());
     let ctx = OpContext::default();
@@ -202,7 +204,7 @@ async fn a_downgrade_whose_store_fails_mid_export_is_refused_and_changes_nothing
     let err = downgrade(&m, &options, &ctx)
         .await
         .expect_err("the downgrade's backup cannot be written");
-    assert_eq!(faulty.writes(), 1, "the store was never written to");
+    assert_eq!(faulty.writes(), 2, "the export never reached the store");
     assert_eq!(kind_of(&err), ErrorKind::Refused, "{err:#}");
     assert!(
         format!("{err:#}").contains("nothing was changed"),
@@ -240,4 +242,143 @@ async fn sql_that_ends_the_transaction_it_runs_in_is_caught() {
         format!("{err}").contains("down.sql of 002_x ended backstop's transaction"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn prune_leaves_a_backup_in_progress_alone() {
+    let (_db, parsed) = database_with_rows().await;
+    let test_store = TestStore::dir();
+    let real = test_store.open().await;
+    let stalled = Arc::new(FaultyStore::new(real.clone()).stall_write(3));
+    let ctx = OpContext::default();
+    let running = tokio::spawn({
+        let (parsed, stalled, ctx) = (parsed.clone(), stalled.clone(), ctx.clone());
+        async move { backup_with(&parsed, &*stalled, &ctx).await }
+    });
+    while stalled.writes() < 3 {
+        assert!(!running.is_finished(), "the backup ended before it stalled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Precondition: the folder is there, without a manifest, and older than the threshold.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = test_store.keys().await;
+    assert!(
+        before.iter().any(|k| k.ends_with("/lease.json")),
+        "{before:?}"
+    );
+    let retention = backstop::config::RetentionConfig {
+        incomplete_after_secs: 1,
+        ..Default::default()
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let plan = backstop::ops::prune::prune(&*real, &retention, false, now)
+        .await
+        .unwrap();
+    assert!(plan.incomplete.is_empty(), "{:?}", plan.incomplete);
+    let folder = before[0].split('/').next().unwrap().to_string();
+    let after = test_store.keys().await;
+    assert!(
+        after.iter().any(|k| k.starts_with(&folder)),
+        "prune removed a live backup: {after:?}"
+    );
+    ctx.cancel();
+    let err = running.await.unwrap().unwrap_err();
+    assert_eq!(kind_of(&err), ErrorKind::Interrupted);
+}
+
+#[tokio::test]
+async fn a_manifest_is_written_only_once_every_table_object_is_there() {
+    let (_db, parsed) = database_with_rows().await;
+    let test_store = TestStore::dir();
+    let lossy = FaultyStore::new(test_store.open().await).lose_writes_to("public.t.csv.zst");
+    let err = backup_with(&parsed, &lossy, &OpContext::default())
+        .await
+        .expect_err("a table object that never arrived");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("public.t.csv.zst is not in"), "{msg}");
+    assert!(
+        test_store.keys().await.is_empty(),
+        "{:?}",
+        test_store.keys().await
+    );
+}
+
+#[tokio::test]
+async fn a_partial_upload_that_cannot_be_removed_says_prune_will() {
+    let (_db, parsed) = database_with_rows().await;
+    let test_store = TestStore::dir();
+    let stuck = FaultyStore::new(test_store.open().await)
+        .fail_write(3)
+        .fail_deletes();
+    let err = backup_with(&parsed, &stuck, &OpContext::default())
+        .await
+        .expect_err("the third write fails");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("could not be removed") && msg.contains("`backstop backups prune` removes it"),
+        "{msg}"
+    );
+    assert!(!test_store.keys().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_export_stops_the_server_reading_the_table() {
+    let db = TestDb::new().await;
+    let p = Project::new(&db);
+    let c = db.client().await;
+    let parsed = Database::parse(&db.url, &DatabaseConfig::default()).unwrap();
+    let set = MigrationSet::load(&p.migrations()).unwrap();
+    let test_store = TestStore::dir();
+    let faulty = Arc::new(FaultyStore::new(test_store.open().await).fail_write(2));
+    let m = Migrator::new(parsed, DatabaseConfig::default(), set)
+        .with_store(faulty.clone(), BackupConfig::default());
+    let ctx = OpContext::default();
+    let up = UpgradeOptions {
+        target: UpTarget::Head,
+        dry_run: false,
+        allow_drift: false,
+        restore: None,
+        restore_skip: Vec::new(),
+    };
+    upgrade(&m, &up, &ctx).await.unwrap();
+    const ROWS: i64 = 1_000_000;
+    c.batch_execute(&format!(
+        "INSERT INTO tasks (title, description, user_id) SELECT 'task ' || g, md5(g::text), g % 10 FROM generate_series(1, {ROWS}) g;
+         SELECT pg_stat_force_next_flush();"
+    ))
+    .await
+    .unwrap();
+    let read = || async {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        c.query_one("SELECT pg_stat_force_next_flush()", &[])
+            .await
+            .unwrap();
+        let n: i64 = c
+            .query_one(
+                "SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables WHERE relname = 'tasks'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    let before = read().await;
+    let options = DowngradeOptions {
+        target: DownTarget::Base,
+        dry_run: false,
+        allow_drift: false,
+        allow_data_loss: false,
+    };
+    let err = downgrade(&m, &options, &ctx).await.unwrap_err();
+    assert_eq!(kind_of(&err), ErrorKind::Refused, "{err:#}");
+    let scanned = read().await - before;
+    // The plan counts the rows once (a full scan); the export stops at its failure instead
+    // of draining the rest of the table before the rollback.
+    assert!(scanned >= ROWS, "the count did not run: {scanned}");
+    assert!(
+        scanned < ROWS + ROWS / 2,
+        "the failed COPY read on: {scanned} rows scanned"
+    );
+    assert_eq!(count(&c, "tasks").await, ROWS);
 }

@@ -632,7 +632,12 @@ async fn upgrade_restore_takes_only_open_backups_that_fit() {
     .await;
 
     // The downgrade saved nothing (notes is empty): the upgrade runs and says so.
-    p.ok(&["downgrade", "-1"]);
+    let r = p.ok(&["downgrade", "-1"]);
+    assert!(!r.stdout.contains("did back up"), "{r}");
+    assert!(
+        r.stdout.contains("destroys no data, so it needs no backup"),
+        "{r}"
+    );
     let r = p.ok(&["upgrade", "--restore"]);
     assert!(r.stdout.contains("nothing to restore"), "{r}");
     assert!(r.stdout.contains("current: 003_notes (head)"), "{r}");

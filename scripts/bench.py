@@ -137,4 +137,62 @@ def main():
     psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)", PG)
 
 
-main()
+def compressible():
+    """Peak memory on data that compresses about a thousandfold: 1,200 rows of 1 MiB of one
+    repeated character, backed up to S3, verified and restored; and a zstd bomb."""
+    db, url = "backstop_bench_blobs", f"{BASE}/backstop_bench_blobs"
+    os.makedirs(WORK, exist_ok=True)
+    shutil.rmtree(os.path.join(WORK, "bomb"), ignore_errors=True)
+    sh(f"{' '.join(AWS)} s3 mb s3://bench >/dev/null 2>&1 || true")
+    psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)", PG)
+    psql(f"CREATE DATABASE {db}", PG)
+    psql("CREATE TABLE blobs (id int PRIMARY KEY, body text NOT NULL)", url)
+    psql("INSERT INTO blobs SELECT g, repeat('a', 1048576) FROM generate_series(1, 1200) g", url)
+    env = dict(ENV, BACKSTOP_DATABASE_URL=url)
+    cfg = config(
+        "blobs.toml",
+        f'[storage]\nurl = "s3://bench/blobs"\nendpoint = "{S3}"\nregion = "us-east-1"\nforce_path_style = true\n',
+    )
+    bomb_cfg = config("bomb.toml", f'[storage]\nurl = "{WORK}/bomb"\n')
+
+    def peak(cmd):
+        out = subprocess.run(["/usr/bin/time", "-f", "%e %M", "bash", "-c", cmd], env=env, capture_output=True, text=True)
+        e, m = out.stderr.strip().splitlines()[-1].split()
+        return out.returncode, float(e), int(m) / 1024
+
+    rows = []
+    code, secs, mib = peak(f"{BACKSTOP} -q --config {cfg} backup > {WORK}/blobs.id")
+    if code != 0:
+        sys.exit(f"the backup of blobs failed (exit {code})")
+    backup_id = open(f"{WORK}/blobs.id").read().split()[0]
+    listing = json.loads(subprocess.run(f"{BACKSTOP} --json --config {cfg} backups show {backup_id}", shell=True, env=env, capture_output=True, text=True).stdout)
+    entry = listing["tables"][0]
+    rows.append(("backup (S3)", code, secs, mib))
+    rows.append(("backups verify", *peak(f"{BACKSTOP} -q --config {cfg} backups verify {backup_id} >/dev/null")))
+    rows.append(("restore --mode truncate", *peak(f"{BACKSTOP} -q --config {cfg} restore {backup_id} --mode truncate >/dev/null")))
+    # The bomb: a small table's object replaced by 1 GiB of one byte, compressed.
+    psql("CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small SELECT generate_series(1, 10)", url)
+    sh(f"BACKSTOP_DATABASE_URL={url} {BACKSTOP} -q --config {bomb_cfg} backup --table small > {WORK}/bomb.id")
+    bomb_id = open(f"{WORK}/bomb.id").read().split()[0]
+    obj = f"{WORK}/bomb/{bomb_id}/public.small.csv.zst"
+    sh(f"head -c 1073741824 /dev/zero | zstd -q -3 -c > {obj}.new && mv {obj}.new {obj}")
+    manifest_path = f"{WORK}/bomb/{bomb_id}/manifest.json"
+    m = json.load(open(manifest_path))
+    import hashlib
+    data = open(obj, "rb").read()
+    m["tables"][0]["sha256"] = hashlib.sha256(data).hexdigest()
+    m["tables"][0]["compressed_bytes"] = len(data)
+    json.dump(m, open(manifest_path, "w"))
+    rows.append((f"verify of a {len(data) // 1024} KiB object that expands to 1 GiB", *peak(f"{BACKSTOP} -q --config {bomb_cfg} backups verify {bomb_id} >/dev/null 2>&1")))
+    print(f"\n1,200 rows of 1 MiB of one character: {entry['bytes'] / 2**20:.0f} MiB of CSV stored as "
+          f"{entry['compressed_bytes'] / 2**10:.0f} KiB (ratio {entry['bytes'] / entry['compressed_bytes']:.0f})\n")
+    print(f"{'command':<52} {'exit':>5} {'seconds':>8} {'peak RSS':>10}")
+    for name, code, secs, mib in rows:
+        print(f"{name:<52} {code:>5} {secs:>8.2f} {mib:>7.0f} MiB")
+    psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)", PG)
+
+
+# BENCH_ONLY=compressible runs the memory part alone.
+if os.environ.get("BENCH_ONLY") != "compressible":
+    main()
+compressible()

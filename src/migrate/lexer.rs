@@ -287,7 +287,8 @@ pub fn transaction_control(sql: &str) -> TransactionControl {
             commit_line: stmts[stmts.len() - 1].line,
         };
     }
-    // Report a lone BEGIN's partner first when the shape is almost a wrapper.
+    // Name the first statement that does harm (a COMMIT or ROLLBACK); a BEGIN only when
+    // there is nothing else.
     let culprit = control
         .iter()
         .find(|s| !s.is_begin())

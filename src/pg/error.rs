@@ -117,7 +117,18 @@ impl<T> PgContext<T> for Result<T, tokio_postgres::Error> {
         self,
         what: impl FnOnce() -> C,
     ) -> anyhow::Result<T> {
-        self.map_err(|e| anyhow::Error::new(PgError::from(e)).context(what()))
+        self.map_err(|e| {
+            let lost = e.is_closed();
+            let err = anyhow::Error::new(PgError::from(e)).context(what());
+            if lost {
+                err.context(crate::error::Error::new(
+                    crate::error::Kind::DatabaseUnavailable,
+                    "the connection to PostgreSQL was lost",
+                ))
+            } else {
+                err
+            }
+        })
     }
 }
 

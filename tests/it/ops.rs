@@ -66,6 +66,24 @@ async fn backup_with(
     .await
 }
 
+/// The repository's migrations applied to `db`, with downgrades backing up to `store`.
+async fn upgraded(db: &TestDb, store: Arc<Store>) -> Migrator {
+    let p = Project::new(db);
+    let parsed = Database::parse(&db.url, &DatabaseConfig::default()).unwrap();
+    let set = MigrationSet::load(&p.migrations()).unwrap();
+    let m = Migrator::new(parsed, DatabaseConfig::default(), set)
+        .with_store(store, BackupConfig::default());
+    let up = UpgradeOptions {
+        target: UpTarget::Head,
+        dry_run: false,
+        allow_drift: false,
+        restore: None,
+        restore_skip: Vec::new(),
+    };
+    upgrade(&m, &up, &OpContext::default()).await.unwrap();
+    m
+}
+
 #[tokio::test]
 async fn cancelling_one_backup_leaves_the_next_one_in_the_same_process_alone() {
     let (_db, parsed) = database_with_rows().await;
@@ -170,23 +188,11 @@ async fn a_lost_manifest_write_is_caught_by_reading_it_back() {
 #[tokio::test]
 async fn a_downgrade_whose_store_fails_mid_export_is_refused_and_changes_nothing() {
     let db = TestDb::new().await;
-    let p = Project::new(&db);
-    let parsed = Database::parse(&db.url, &DatabaseConfig::default()).unwrap();
-    let set = MigrationSet::load(&p.migrations()).unwrap();
     let test_store = TestStore::dir();
     // Write 1 is the backup's lease; write 2 its first table chunk.
     let faulty = Arc::new(FaultyStore::new(test_store.open().await).fail_write(2));
-    let m = Migrator::new(parsed, DatabaseConfig::default(), set)
-        .with_store(faulty.clone(), BackupConfig::default());
+    let m = upgraded(&db, faulty.clone()).await;
     let ctx = OpContext::default();
-    let up = UpgradeOptions {
-        target: UpTarget::Head,
-        dry_run: false,
-        allow_drift: false,
-        restore: None,
-        restore_skip: Vec::new(),
-    };
-    upgrade(&m, &up, &ctx).await.unwrap();
     let c = db.client().await;
     c.batch_execute(
         "INSERT INTO tasks (title, user_id) SELECT 'task ' || g, g % 10 FROM generate_series(1, 500) g",
@@ -324,23 +330,11 @@ async fn a_partial_upload_that_cannot_be_removed_says_prune_will() {
 #[tokio::test]
 async fn a_failed_export_stops_the_server_reading_the_table() {
     let db = TestDb::new().await;
-    let p = Project::new(&db);
     let c = db.client().await;
-    let parsed = Database::parse(&db.url, &DatabaseConfig::default()).unwrap();
-    let set = MigrationSet::load(&p.migrations()).unwrap();
     let test_store = TestStore::dir();
     let faulty = Arc::new(FaultyStore::new(test_store.open().await).fail_write(2));
-    let m = Migrator::new(parsed, DatabaseConfig::default(), set)
-        .with_store(faulty.clone(), BackupConfig::default());
+    let m = upgraded(&db, faulty).await;
     let ctx = OpContext::default();
-    let up = UpgradeOptions {
-        target: UpTarget::Head,
-        dry_run: false,
-        allow_drift: false,
-        restore: None,
-        restore_skip: Vec::new(),
-    };
-    upgrade(&m, &up, &ctx).await.unwrap();
     const ROWS: i64 = 1_000_000;
     c.batch_execute(&format!(
         "INSERT INTO tasks (title, description, user_id) SELECT 'task ' || g, md5(g::text), g % 10 FROM generate_series(1, {ROWS}) g;

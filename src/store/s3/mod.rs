@@ -9,24 +9,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as AwsByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
-use bytes::{Bytes, BytesMut};
-use tokio::task::JoinSet;
+use bytes::Bytes;
+
+mod upload;
 
 use super::{check_key, ByteStream, NotFound, ObjectInfo, ObjectStore, PendingUpload, Upload};
 use crate::config::StorageConfig;
 use crate::error::{err, Kind};
-
-/// Smallest part; S3's own minimum is 5 MiB.
-pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
-/// Parts uploading at once, at most.
-pub const PARTS_IN_FLIGHT: usize = 4;
-/// Bytes of parts uploading at once, at most (one part when parts are larger than this).
-const IN_FLIGHT_BYTES: usize = 24 * 1024 * 1024;
-const MAX_PARTS: u64 = 10_000;
+use upload::S3Upload;
 
 pub struct S3Store {
     client: Client,
@@ -40,7 +33,7 @@ pub struct S3Store {
 /// An S3 failure as a sentence that says what happened: no answer in time, no connection,
 /// access denied, no such bucket, or the service's own code and message. Every one is
 /// [`Kind::StoreUnavailable`]; none carries a credential.
-fn s3_error<E, R>(e: SdkError<E, R>) -> anyhow::Error
+pub(super) fn s3_error<E, R>(e: SdkError<E, R>) -> anyhow::Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + 'static,
@@ -95,7 +88,7 @@ fn to_time(dt: &aws_sdk_s3::primitives::DateTime) -> Option<time::OffsetDateTime
 /// A PutObject of bytes already in memory. Bodies carry a CRC32 that S3 checks, so SigV4
 /// need not hash them a second time on a CPU the compressor needs.
 /// With `create_only`, the write fails if the object exists (`If-None-Match: *`).
-fn put_request(
+pub(super) fn put_request(
     client: &Client,
     bucket: &str,
     key: &str,
@@ -118,14 +111,6 @@ type PutRequest = aws_sdk_s3::client::customize::CustomizableOperation<
     aws_sdk_s3::operation::put_object::PutObjectError,
     aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
 >;
-
-/// The part size for an object expected to be about `estimate` bytes: at least 5 MiB, in
-/// whole MiB, and large enough that twice the estimate still fits in S3's 10,000 parts.
-pub fn part_size(estimate: u64) -> usize {
-    let mib = 1024 * 1024;
-    let needed = (estimate.saturating_mul(2)).div_ceil(MAX_PARTS);
-    (needed.div_ceil(mib) * mib).max(MIN_PART_SIZE as u64) as usize
-}
 
 /// The one HTTPS client (rustls with ring, like the database connections), so the binary
 /// carries a single TLS stack.
@@ -283,22 +268,12 @@ impl ObjectStore for S3Store {
     }
 
     async fn upload(&self, key: &str, size_hint: u64) -> anyhow::Result<Box<dyn Upload>> {
-        let part_size = part_size(size_hint);
-        let in_flight = (IN_FLIGHT_BYTES / part_size).clamp(1, PARTS_IN_FLIGHT);
-        Ok(Box::new(S3Upload {
-            client: self.client.clone(),
-            bucket: self.bucket.clone(),
-            key: self.full_key(key),
-            part_size,
-            in_flight_parts: in_flight,
-            buffer: BytesMut::new(),
-            upload_id: None,
-            in_flight: JoinSet::new(),
-            parts: Vec::new(),
-            next_part: 1,
-            written: 0,
-            done: false,
-        }))
+        Ok(Box::new(S3Upload::new(
+            self.client.clone(),
+            self.bucket.clone(),
+            self.full_key(key),
+            size_hint,
+        )))
     }
 
     async fn put(&self, key: &str, data: Bytes, create_only: bool) -> anyhow::Result<()> {
@@ -453,238 +428,5 @@ impl ObjectStore for S3Store {
             .map_err(s3_error)
             .with_context(|| format!("aborting the upload of s3://{}/{full}", self.bucket))?;
         Ok(())
-    }
-}
-
-/// A multipart upload in progress.
-struct S3Upload {
-    client: Client,
-    bucket: String,
-    key: anyhow::Result<String>,
-    /// Fixed for the upload, so the memory it holds is known from the start.
-    part_size: usize,
-    in_flight_parts: usize,
-    buffer: BytesMut,
-    upload_id: Option<String>,
-    in_flight: JoinSet<anyhow::Result<CompletedPart>>,
-    parts: Vec<CompletedPart>,
-    next_part: i32,
-    written: u64,
-    done: bool,
-}
-
-impl S3Upload {
-    fn key(&self) -> anyhow::Result<&str> {
-        self.key.as_deref().map_err(|e| anyhow::anyhow!("{e:#}"))
-    }
-
-    async fn write_chunk(&mut self, chunk: Bytes) -> anyhow::Result<()> {
-        self.written += chunk.len() as u64;
-        self.buffer.extend_from_slice(&chunk);
-        while self.buffer.len() >= self.part_size {
-            let part = self.buffer.split_to(self.part_size).freeze();
-            self.send_part(part).await?;
-        }
-        Ok(())
-    }
-
-    async fn send_part(&mut self, data: Bytes) -> anyhow::Result<()> {
-        let key = self.key()?.to_string();
-        if self.upload_id.is_none() {
-            let created = self
-                .client
-                .create_multipart_upload()
-                .bucket(&self.bucket)
-                .key(&key)
-                .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
-                .send()
-                .await
-                .map_err(s3_error)
-                .with_context(|| format!("starting the upload of s3://{}/{key}", self.bucket))?;
-            self.upload_id = Some(
-                created
-                    .upload_id()
-                    .context("S3 returned no upload id")?
-                    .to_string(),
-            );
-        }
-        while self.in_flight.len() >= self.in_flight_parts {
-            self.collect_one().await?;
-        }
-        let number = self.next_part;
-        self.next_part += 1;
-        if number as u64 > MAX_PARTS {
-            return Err(err(
-                Kind::StoreUnavailable,
-                format!(
-                    "s3://{}/{key} would need more than {MAX_PARTS} parts of {} MiB: the table's size estimate was far too low",
-                    self.bucket,
-                    self.part_size / (1024 * 1024)
-                ),
-            ));
-        }
-        let (client, bucket, id) = (
-            self.client.clone(),
-            self.bucket.clone(),
-            self.upload_id.clone().unwrap_or_default(),
-        );
-        self.in_flight.spawn(async move {
-            let out = client
-                .upload_part()
-                .bucket(&bucket)
-                .key(&key)
-                .upload_id(id)
-                .part_number(number)
-                .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
-                .body(AwsByteStream::from(data))
-                // The CRC32 above protects the part; hashing it again for SigV4 would cost
-                // a second pass over every byte on a CPU the compressor needs.
-                .customize()
-                .disable_payload_signing()
-                .send()
-                .await
-                .map_err(s3_error)
-                .with_context(|| format!("uploading part {number} of s3://{bucket}/{key}"))?;
-            Ok(CompletedPart::builder()
-                .part_number(number)
-                .set_e_tag(out.e_tag().map(str::to_string))
-                .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
-                .build())
-        });
-        Ok(())
-    }
-
-    async fn collect_one(&mut self) -> anyhow::Result<()> {
-        if let Some(joined) = self.in_flight.join_next().await {
-            let part = joined.context("an upload task failed")??;
-            self.parts.push(part);
-        }
-        Ok(())
-    }
-
-    async fn complete(&mut self) -> anyhow::Result<u64> {
-        let key = self.key()?.to_string();
-        if self.upload_id.is_none() {
-            let data = std::mem::take(&mut self.buffer).freeze();
-            put_request(&self.client, &self.bucket, &key, data, false)
-                .send()
-                .await
-                .map_err(s3_error)
-                .with_context(|| format!("writing s3://{}/{key}", self.bucket))?;
-            return Ok(self.written);
-        }
-        if !self.buffer.is_empty() {
-            let last = std::mem::take(&mut self.buffer).freeze();
-            self.send_part(last).await?;
-        }
-        while !self.in_flight.is_empty() {
-            self.collect_one().await?;
-        }
-        self.parts.sort_by_key(|p| p.part_number());
-        self.client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&key)
-            .upload_id(self.upload_id.clone().unwrap_or_default())
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(std::mem::take(&mut self.parts)))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(s3_error)
-            .with_context(|| format!("completing the upload of s3://{}/{key}", self.bucket))?;
-        self.upload_id = None;
-        Ok(self.written)
-    }
-
-    async fn abort_now(&mut self) {
-        self.in_flight.abort_all();
-        while self.in_flight.join_next().await.is_some() {}
-        if let (Some(id), Ok(key)) = (self.upload_id.take(), self.key.as_ref()) {
-            if let Err(e) = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(id)
-                .send()
-                .await
-            {
-                tracing::warn!(
-                    "aborting the upload of s3://{}/{key}: {}",
-                    self.bucket,
-                    DisplayErrorContext(e)
-                );
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl Upload for S3Upload {
-    async fn write(&mut self, chunk: Bytes) -> anyhow::Result<()> {
-        self.write_chunk(chunk).await
-    }
-
-    async fn finish(mut self: Box<Self>) -> anyhow::Result<u64> {
-        let result = self.complete().await;
-        if result.is_err() {
-            self.abort_now().await;
-        }
-        self.done = true;
-        result
-    }
-
-    async fn abort(mut self: Box<Self>) {
-        self.abort_now().await;
-        self.done = true;
-    }
-}
-
-impl Drop for S3Upload {
-    fn drop(&mut self) {
-        // Cancelled (the task was dropped mid-upload): abort in the background.
-        if self.done {
-            return;
-        }
-        self.in_flight.abort_all();
-        if let (Some(id), Ok(key)) = (self.upload_id.take(), self.key.as_ref()) {
-            let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), key.clone());
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    let _ = client
-                        .abort_multipart_upload()
-                        .bucket(bucket)
-                        .key(key)
-                        .upload_id(id)
-                        .send()
-                        .await;
-                });
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parts_are_sized_once_from_the_estimate() {
-        let mib = 1024 * 1024u64;
-        // (estimate, part size in MiB)
-        for (estimate, want) in [
-            (0, 5),
-            (10 * mib, 5),
-            (25_000 * mib, 5),
-            (30_000 * mib, 6),
-            (1024 * 1024 * mib, 210), // 1 TiB
-        ] {
-            let size = part_size(estimate) as u64;
-            assert_eq!(size / mib, want, "{estimate}");
-            assert!(size * MAX_PARTS >= estimate * 2);
-        }
     }
 }

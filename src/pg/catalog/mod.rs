@@ -10,6 +10,14 @@ use std::collections::BTreeMap;
 
 use tokio_postgres::GenericClient;
 
+mod changes;
+mod load;
+
+pub use changes::{locked_relations, sequence_state, storage_state, FreeSequence, StorageState};
+pub use load::{
+    enabled_user_triggers, secondary_indexes, serial_columns, SecondaryIndex, SerialColumn, Trigger,
+};
+
 use super::error::PgContext;
 use super::sql::qualified;
 
@@ -23,11 +31,11 @@ pub const DOWNGRADES_TABLE: &str = "backstop_downgrades";
 pub const OWN_TABLES: &[&str] = &[BOOKKEEPING_TABLE, DOWNGRADES_TABLE];
 
 /// Schemas that belong to users: not the system's, not temporary, not TOAST.
-const USER_SCHEMA: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema')
+pub(super) const USER_SCHEMA: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema')
      AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'";
 
 /// Relations that an extension created belong to the extension, not to the user.
-const NOT_EXTENSION_MEMBER: &str = "NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+pub(super) const NOT_EXTENSION_MEMBER: &str = "NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid AND d.deptype = 'e')";
 
 /// Where to look for tables.
@@ -350,221 +358,10 @@ pub async fn foreign_keys(
         .collect())
 }
 
-/// An index no constraint depends on, which a load may drop and rebuild.
-#[derive(Debug, Clone)]
-pub struct SecondaryIndex {
-    pub schema: String,
-    pub name: String,
-    pub definition: String,
-}
-
-/// The indexes of a table that back no constraint, belong to no other object and are not
-/// a partition of a partitioned index (those cannot be dropped on their own).
-pub async fn secondary_indexes(
-    client: &impl GenericClient,
-    oid: u32,
-) -> anyhow::Result<Vec<SecondaryIndex>> {
-    Ok(client
-        .query(
-            "SELECT n.nspname::text, i.relname::text, pg_catalog.pg_get_indexdef(x.indexrelid)
-             FROM pg_catalog.pg_index x
-             JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
-             JOIN pg_catalog.pg_namespace n ON n.oid = i.relnamespace
-             WHERE x.indrelid = $1
-               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.conindid = x.indexrelid)
-               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.objid = x.indexrelid AND d.deptype = 'i')
-               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits h WHERE h.inhrelid = x.indexrelid)",
-            &[&oid],
-        )
-        .await
-        .pg(|| "reading the indexes of a table")?
-        .iter()
-        .map(|r| SecondaryIndex {
-            schema: r.get(0),
-            name: r.get(1),
-            definition: r.get(2),
-        })
-        .collect())
-}
-
 /// The table and every table it is a partition of or inherits from, as SQL producing oids.
-const WITH_ANCESTORS: &str = "WITH RECURSIVE up(oid) AS (
+pub(super) const WITH_ANCESTORS: &str = "WITH RECURSIVE up(oid) AS (
          SELECT $1::pg_catalog.oid
          UNION SELECT i.inhparent FROM pg_catalog.pg_inherits i JOIN up ON i.inhrelid = up.oid)";
-
-/// A sequence a column owns (serial or identity), on the table or on one of its ancestors
-/// (a partition's ids come from its parent's sequence).
-#[derive(Debug, Clone)]
-pub struct SerialColumn {
-    /// `"schema"."table"` of the table whose column owns the sequence.
-    pub owner: String,
-    pub column: String,
-    /// The sequence, as `pg_get_serial_sequence` names it.
-    pub sequence: String,
-}
-
-pub async fn serial_columns(
-    client: &impl GenericClient,
-    relation: &Relation,
-) -> anyhow::Result<Vec<SerialColumn>> {
-    Ok(client
-        .query(
-            &format!(
-                "{WITH_ANCESTORS}
-                 SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname),
-                        a.attname::text,
-                        pg_catalog.pg_get_serial_sequence(
-                            pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), a.attname)
-                 FROM up JOIN pg_catalog.pg_class c ON c.oid = up.oid
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
-            ),
-            &[&relation.oid],
-        )
-        .await
-        .pg(|| format!("finding the sequences of {}", relation.name))?
-        .iter()
-        .filter_map(|r| {
-            Some(SerialColumn {
-                owner: r.get(0),
-                column: r.get(1),
-                sequence: r.get::<_, Option<String>>(2)?,
-            })
-        })
-        .collect())
-}
-
-/// Where each data table of every user schema stands inside the current transaction, to
-/// compare before and after running SQL in a savepoint.
-#[derive(Debug, Default)]
-pub struct StorageState {
-    /// oid → (table, relfilenode)
-    pub tables: BTreeMap<u32, (Relation, u32)>,
-    /// (oid, attnum) → name, for live columns
-    pub columns: BTreeMap<(u32, i16), String>,
-    /// oid → rows deleted + updated in this transaction so far
-    pub writes: BTreeMap<u32, i64>,
-    /// oid → (sequence, relfilenode), for sequences no column owns
-    pub free_sequences: BTreeMap<u32, (FreeSequence, u32)>,
-}
-
-/// A sequence that no column owns (an application's own counter).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FreeSequence {
-    pub schema: String,
-    pub name: String,
-}
-
-pub async fn storage_state(client: &impl GenericClient) -> anyhow::Result<StorageState> {
-    let mut state = StorageState::default();
-    let tables = data_tables(client, Schemas::All).await?;
-    let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
-    let filenodes: BTreeMap<u32, u32> = client
-        .query(
-            "SELECT oid, relfilenode FROM pg_catalog.pg_class WHERE oid = ANY($1)",
-            &[&oids],
-        )
-        .await
-        .pg(|| "reading the catalog")?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    for t in tables {
-        let node = filenodes.get(&t.oid).copied().unwrap_or(0);
-        state.tables.insert(t.oid, (t, node));
-    }
-    for r in client
-        .query(
-            "SELECT attrelid, attnum, attname::text FROM pg_catalog.pg_attribute
-             WHERE attrelid = ANY($1) AND attnum > 0 AND NOT attisdropped",
-            &[&oids],
-        )
-        .await
-        .pg(|| "reading the catalog's columns")?
-    {
-        state.columns.insert((r.get(0), r.get(1)), r.get(2));
-    }
-    for r in client
-        .query(
-            "SELECT relid, n_tup_upd + n_tup_del FROM pg_catalog.pg_stat_xact_user_tables WHERE relid = ANY($1)",
-            &[&oids],
-        )
-        .await
-        .pg(|| "reading this transaction's row changes")?
-    {
-        state.writes.insert(r.get(0), r.get(1));
-    }
-    for r in client
-        .query(
-            &format!(
-                "SELECT c.oid, n.nspname::text, c.relname::text, c.relfilenode
-                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                 WHERE c.relkind = 'S' AND {USER_SCHEMA} AND {NOT_EXTENSION_MEMBER}
-                   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-                        WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid
-                          AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i'))"
-            ),
-            &[],
-        )
-        .await
-        .pg(|| "reading the sequences")?
-    {
-        let seq = FreeSequence {
-            schema: r.get(1),
-            name: r.get(2),
-        };
-        state.free_sequences.insert(r.get(0), (seq, r.get(3)));
-    }
-    Ok(state)
-}
-
-/// A sequence's `last_value` and `is_called`.
-pub async fn sequence_state(
-    client: &impl GenericClient,
-    schema: &str,
-    name: &str,
-) -> anyhow::Result<(i64, bool)> {
-    let row = client
-        .query_one(
-            &format!(
-                "SELECT last_value, is_called FROM {}",
-                qualified(schema, name)
-            ),
-            &[],
-        )
-        .await
-        .pg(|| format!("reading sequence {schema}.{name}"))?;
-    Ok((row.get(0), row.get(1)))
-}
-
-/// An enabled user trigger: name and `tgenabled` (`O` origin, `A` always, `R` replica).
-#[derive(Debug, Clone)]
-pub struct Trigger {
-    pub name: String,
-    pub enabled: String,
-}
-
-/// The user triggers of a table that would fire on a load (not internal ones such as
-/// foreign-key checks, and not ones already disabled).
-pub async fn enabled_user_triggers(
-    client: &impl GenericClient,
-    oid: u32,
-) -> anyhow::Result<Vec<Trigger>> {
-    Ok(client
-        .query(
-            "SELECT tgname::text, tgenabled::text FROM pg_catalog.pg_trigger
-             WHERE tgrelid = $1 AND NOT tgisinternal AND tgenabled <> 'D' ORDER BY tgname",
-            &[&oid],
-        )
-        .await
-        .pg(|| "reading the triggers of a table")?
-        .iter()
-        .map(|r| Trigger {
-            name: r.get(0),
-            enabled: r.get(1),
-        })
-        .collect())
-}
 
 /// Columns that reference large objects (`oid` or the `lo` extension type): their values
 /// are pointers into `pg_largeobject`, which a table's rows do not carry.
@@ -584,25 +381,6 @@ pub async fn large_object_columns(
         )
         .await
         .pg(|| "reading the column types of a table")?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
-}
-
-/// Relations this session holds a lock stronger than a read on: what the SQL run so far
-/// in this transaction touched. Read without joining the catalog, so tables the SQL
-/// dropped (invisible in this transaction now) are there too.
-pub async fn locked_relations(client: &impl GenericClient) -> anyhow::Result<Vec<u32>> {
-    Ok(client
-        .query(
-            "SELECT DISTINCT l.relation FROM pg_catalog.pg_locks l
-             WHERE l.locktype = 'relation' AND l.pid = pg_catalog.pg_backend_pid() AND l.granted
-               AND l.mode <> 'AccessShareLock' AND l.database = (
-                   SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())",
-            &[],
-        )
-        .await
-        .pg(|| "reading the locks this session holds")?
         .iter()
         .map(|r| r.get(0))
         .collect())

@@ -164,8 +164,11 @@ impl Default for BackupConfig {
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
     pub name: String,
-    /// Six fields, seconds first, as tokio-cron-scheduler reads them.
+    /// Six fields, seconds first.
     pub cron: String,
+    /// An IANA time zone name the cron expression is read in; UTC when absent.
+    #[serde(default)]
+    pub timezone: Option<String>,
     #[serde(default)]
     pub tables: Vec<String>,
 }
@@ -216,21 +219,36 @@ pub type Env = HashMap<String, String>;
 impl Config {
     /// Parses TOML text; `origin` names the file in error messages.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Config> {
-        let config: Config = match toml::from_str(text) {
-            Ok(c) => c,
-            Err(e) => return usage(describe_toml_error(&e, text, origin)),
-        };
+        let config = Self::parse_syntax(text, origin)?;
         config.validate(origin)?;
         Ok(config)
     }
 
+    /// Parses TOML text into the tree (unknown keys and wrong types refused), without
+    /// checking the values.
+    pub fn parse_syntax(text: &str, origin: &str) -> anyhow::Result<Config> {
+        match toml::from_str(text) {
+            Ok(c) => Ok(c),
+            Err(e) => usage(describe_toml_error(&e, text, origin)),
+        }
+    }
+
     fn validate(&self, origin: &str) -> anyhow::Result<()> {
-        let schema = &self.database.schema;
-        if schema.is_empty() {
-            return usage(format!("{origin}: [database] schema must not be empty"));
+        match self.problems(origin).into_iter().next() {
+            Some(p) => usage(p),
+            None => Ok(()),
+        }
+    }
+
+    /// Everything wrong with the values (not the syntax), each as a sentence naming the file
+    /// and key; `config check` reports them all at once.
+    pub fn problems(&self, origin: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.database.schema.is_empty() {
+            out.push(format!("{origin}: [database] schema must not be empty"));
         }
         if !(1..=22).contains(&self.backup.zstd_level) {
-            return usage(format!(
+            out.push(format!(
                 "{origin}: [backup] zstd_level is {}; zstd levels run from 1 to 22",
                 self.backup.zstd_level
             ));
@@ -266,24 +284,24 @@ impl Config {
                 self.storage.operation_timeout_secs,
             ),
         ];
-        if let Some((key, _)) = waits.iter().find(|(_, v)| *v == 0) {
-            return usage(format!(
+        for (key, _) in waits.iter().filter(|(_, v)| *v == 0) {
+            out.push(format!(
                 "{origin}: {key} is 0, which would mean waiting without end; give it a number of seconds"
             ));
         }
         if self.backup.parallelism == 0 {
-            return usage(format!("{origin}: [backup] parallelism must be at least 1"));
+            out.push(format!("{origin}: [backup] parallelism must be at least 1"));
         }
         let mut names = std::collections::HashSet::new();
         for s in &self.schedules {
             if !names.insert(&s.name) {
-                return usage(format!(
+                out.push(format!(
                     "{origin}: two [[schedule]] entries are named {:?}; names must be unique",
                     s.name
                 ));
             }
         }
-        Ok(())
+        out
     }
 
     /// Applies `BACKSTOP_DATABASE_URL`, then `DATABASE_URL`, then `BACKSTOP_STORAGE_URL`.
@@ -304,6 +322,16 @@ impl Config {
 impl Loaded {
     /// Finds, reads and validates the configuration, then applies the environment.
     pub fn load(explicit: Option<&Path>, env: &Env) -> anyhow::Result<Loaded> {
+        let loaded = Self::read(explicit, env)?;
+        if let Some(problem) = loaded.config.problems(&loaded.origin()).into_iter().next() {
+            return usage(problem);
+        }
+        Ok(loaded)
+    }
+
+    /// Finds and reads the configuration (syntax and types checked, values not), then
+    /// applies the environment: for `config check`, which reports every problem at once.
+    pub fn read(explicit: Option<&Path>, env: &Env) -> anyhow::Result<Loaded> {
         let candidates: Vec<PathBuf> = match explicit {
             Some(p) => {
                 if !p.is_file() {
@@ -326,11 +354,20 @@ impl Loaded {
         if let Some(path) = candidates.into_iter().find(|p| p.is_file()) {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading config file {}", path.display()))?;
-            loaded.config = Config::parse(&text, &path.display().to_string())?;
+            loaded.config = Config::parse_syntax(&text, &path.display().to_string())?;
             loaded.source = Some(path);
         }
         loaded.config.apply_env(env);
         Ok(loaded)
+    }
+
+    /// The file the configuration came from, for messages.
+    pub fn origin(&self) -> String {
+        self.source
+            .as_deref()
+            .map_or("the default configuration".to_string(), |p| {
+                p.display().to_string()
+            })
     }
 
     /// Resolves a path from the config against the config file's directory.

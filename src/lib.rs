@@ -11,7 +11,8 @@
 //!   [`protect`] (what a downgrade destroys), [`backup`] (the one export path, manifests,
 //!   reading objects back, the store's catalog, verification, retention), [`restore`]
 //!   (restore plans and loads), [`schema`] (snapshots and their differences), [`fixture`]
-//!   (generated rows for rollback-test).
+//!   (generated rows for rollback-test), [`schedule`] (cron expressions in time zones, and
+//!   their slots).
 //! - Infrastructure: [`ledger`] (the only reader and writer of backstop's own tables),
 //!   [`pg`] (connections, TLS, session settings, catalog queries, the migration lock),
 //!   [`store`] (the object-store trait, its directory and S3 backends, a fault-injecting
@@ -30,5 +31,6 @@ pub mod ops;
 pub mod pg;
 pub mod protect;
 pub mod restore;
+pub mod schedule;
 pub mod schema;
 pub mod store;

@@ -61,6 +61,21 @@ pub enum Command {
     Restore(backup::RestoreArgs),
     /// Run upgrade → downgrade → re-upgrade on a scratch database and check every step
     RollbackTest(rollback_test::RollbackTestArgs),
+    /// Check the configuration: every problem at once (exit 2)
+    Config(ConfigArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub action: ConfigAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Validate the whole configuration: values, schedules (cron, time zone), listen
+    /// address, locations, and the tables named when the database answers
+    Check,
 }
 
 /// What a command produced.
@@ -128,7 +143,39 @@ pub async fn run(cli: Cli, op: OpContext) -> anyhow::Result<Output> {
         Command::Backups(args) => backup::backups(&ctx, args).await,
         Command::Restore(args) => backup::restore(&ctx, args).await,
         Command::RollbackTest(args) => rollback_test::run(&ctx, args).await,
+        Command::Config(ConfigArgs {
+            action: ConfigAction::Check,
+        }) => config_check(&ctx).await,
     }
+}
+
+async fn config_check(ctx: &Ctx) -> anyhow::Result<Output> {
+    let report = backstop::ops::config_check::check(ctx.config_path.as_deref()).await?;
+    let mut text = String::new();
+    for p in &report.problems {
+        text.push_str(&format!("problem: {p}\n"));
+    }
+    for u in &report.unchecked {
+        text.push_str(&format!("not checked: {u}\n"));
+    }
+    if report.ok() {
+        text.push_str(&format!(
+            "{}: configuration OK ({} schedule(s))\n",
+            report.origin, report.schedules
+        ));
+    } else {
+        text.push_str(&format!(
+            "{}: {} problem(s)\n",
+            report.origin,
+            report.problems.len()
+        ));
+    }
+    let code = if report.ok() {
+        ExitCode::Success
+    } else {
+        ExitCode::Usage
+    };
+    Ok(Output::new(&report, text)?.with_code(code))
 }
 
 /// Resolves on Ctrl-C or SIGTERM, for commands that must clean up before exiting.

@@ -4,6 +4,7 @@
 //! JSON or metrics. [`Workspace`] opens what the configuration names, on demand.
 
 pub mod backup;
+pub mod config_check;
 pub mod downgrade;
 pub mod list;
 pub mod migration;

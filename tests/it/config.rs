@@ -102,3 +102,49 @@ async fn example_config_is_accepted_by_the_binary() {
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(r.stdout, "(none)\n");
 }
+
+#[tokio::test]
+async fn config_check_names_every_problem_at_once() {
+    let db = TestDb::new().await;
+    let p = Project::new(&db);
+    p.ok(&["upgrade"]);
+    let bad = p.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "[database]\nurl = \"{}\"\nlock_timeout_secs = 0\n\n\
+             [[schedule]]\nname = \"nightly\"\ncron = \"0 3 * * *\"\n\n\
+             [[schedule]]\nname = \"berlin\"\ncron = \"0 0 3 * * *\"\ntimezone = \"Europe/Berlim\"\n\n\
+             [[schedule]]\nname = \"hourly\"\ncron = \"0 0 * * * *\"\ntables = [\"tasks\", \"nope\"]\n\n\
+             [server]\nlisten = \"localhost\"\n",
+            db.url
+        ),
+    )
+    .unwrap();
+    let r = p.run(&["--config", bad.to_str().unwrap(), "config", "check"]);
+    assert_eq!(r.code, 2, "{r}");
+    for text in [
+        "[database] lock_timeout_secs is 0",
+        "[[schedule]] \"nightly\": cron \"0 3 * * *\" is not a six-field expression",
+        "timezone \"Europe/Berlim\" is not an IANA time zone",
+        "[server] listen \"localhost\" is not an address",
+        "[[schedule]] \"hourly\" names table \"nope\"",
+        "5 problem(s)",
+    ] {
+        assert!(r.stdout.contains(text), "missing {text:?} in\n{r}");
+    }
+    assert!(!r.stdout.contains("\"tasks\""), "{r}");
+
+    let good = p.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "[database]\nurl = \"{}\"\n\n[[schedule]]\nname = \"nightly\"\ncron = \"0 0 3 * * *\"\ntimezone = \"Europe/Berlin\"\ntables = [\"tasks\"]\n",
+            db.url
+        ),
+    )
+    .unwrap();
+    let r = p.run(&["--config", good.to_str().unwrap(), "config", "check"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.contains("configuration OK (1 schedule(s))"), "{r}");
+}

@@ -1,0 +1,110 @@
+//! `config check`: every problem in the configuration at once, before a daemon or a cron job
+//! trips over them one by one: values, schedules (cron and time zone), the listen address,
+//! the database and store locations, and, when the database answers, the tables named.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::config::{process_env, Loaded};
+use crate::pg::catalog::{data_tables, Schemas};
+use crate::pg::Database;
+use crate::schedule::Schedule;
+use crate::store::Location;
+
+/// What `config check` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    /// The file read, or the default configuration.
+    pub origin: String,
+    /// Every problem, each naming the key and what to do.
+    pub problems: Vec<String>,
+    /// What could not be checked, and why (the database did not answer).
+    pub unchecked: Vec<String>,
+    pub schedules: usize,
+}
+
+impl CheckReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+pub async fn check(explicit: Option<&Path>) -> anyhow::Result<CheckReport> {
+    let loaded = Loaded::read(explicit, &process_env()?)?;
+    let origin = loaded.origin();
+    let config = &loaded.config;
+    let mut problems = config.problems(&origin);
+    let mut unchecked = Vec::new();
+    let schedules: Vec<Schedule> = config
+        .schedules
+        .iter()
+        .filter_map(|s| {
+            Schedule::parse(s)
+                .map_err(|e| problems.push(format!("{origin}: {e}")))
+                .ok()
+        })
+        .collect();
+    if config.server.listen.parse::<SocketAddr>().is_err() {
+        problems.push(format!(
+            "{origin}: [server] listen {:?} is not an address and port (like \"127.0.0.1:9187\")",
+            config.server.listen
+        ));
+    }
+    if let Some(url) = &config.storage.url {
+        if let Err(e) = Location::parse(url) {
+            problems.push(format!("{origin}: {e:#}"));
+        }
+    }
+    let named: Vec<(String, &String)> = schedules
+        .iter()
+        .flat_map(|s| {
+            s.tables
+                .iter()
+                .map(move |t| (format!("[[schedule]] {:?}", s.name), t))
+        })
+        .chain(
+            config
+                .backup
+                .tables
+                .iter()
+                .map(|t| ("[backup] tables".to_string(), t)),
+        )
+        .collect();
+    match &config.database.url {
+        None => unchecked.push(
+            "no database url is configured, so the tables named could not be checked".to_string(),
+        ),
+        Some(url) => match Database::parse(&url.0, &config.database) {
+            Err(e) => problems.push(format!("{origin}: {e:#}")),
+            Ok(db) if !named.is_empty() => match db.connect().await {
+                Err(e) => unchecked.push(format!("the tables named were not checked: {e:#}")),
+                Ok(client) => {
+                    let schema = &config.database.schema;
+                    let tables = data_tables(&client, Schemas::One(schema)).await?;
+                    for (whose, table) in named {
+                        let bare = table.strip_prefix(&format!("{schema}.")).unwrap_or(table);
+                        let parent = format!("{schema}.{bare}");
+                        let found = tables
+                            .iter()
+                            .any(|t| t.name == bare || t.parent.as_deref() == Some(&parent));
+                        if !found {
+                            problems.push(format!(
+                                "{origin}: {whose} names table {table:?}, which is not in schema {schema} of {}",
+                                db.describe()
+                            ));
+                        }
+                    }
+                }
+            },
+            Ok(_) => {}
+        },
+    }
+    Ok(CheckReport {
+        origin,
+        problems,
+        unchecked,
+        schedules: schedules.len(),
+    })
+}

@@ -307,22 +307,12 @@ pub fn spec_for(loss: &Loss, whole: &TableSpec) -> Option<TableSpec> {
 
 /// The export spec for a column-level loss: the primary key plus the dropped columns.
 /// The whole table is backed up instead when rows cannot be matched back by key: it has no
-/// primary key, or the downgrade drops a key column (the re-upgrade would make new keys).
-/// `None` when nothing needs saving (only generated columns were dropped; they are
-/// recomputed).
+/// primary key, or the downgrade drops a key column (the re-upgrade would make new keys);
+/// [`plan`] already reports those as whole-table losses. `None` when nothing needs saving
+/// (only generated columns were dropped; they are recomputed).
 pub fn column_spec(loss: &Loss, whole: &TableSpec) -> Option<TableSpec> {
     let key_dropped = whole.primary_key.iter().any(|k| loss.columns.contains(k));
     if whole.primary_key.is_empty() || key_dropped {
-        tracing::warn!(
-            "table {} {}, so the whole table is backed up instead of columns {}",
-            loss.display(),
-            if key_dropped {
-                "loses its primary key"
-            } else {
-                "has no primary key"
-            },
-            loss.columns.join(", ")
-        );
         return Some(whole.clone());
     }
     let saved: Vec<&ColumnEntry> = whole

@@ -55,15 +55,11 @@ pub struct Relation {
     pub name: String,
     /// On-disk size of the heap, in bytes.
     pub heap_bytes: i64,
-    /// Heap, TOAST and indexes, in bytes.
-    pub total_bytes: i64,
     /// Heap and TOAST (no indexes), in bytes: the most its rows can take on disk, so a
     /// fair upper bound of their compressed CSV.
     pub table_bytes: i64,
     /// A partition of a partitioned table (its rows are also its parent's).
     pub is_partition: bool,
-    /// A partitioned table: it holds no rows itself, its partitions do.
-    pub is_partitioned: bool,
     /// The table it is a partition of, or inherits from, as `schema.name`.
     pub parent: Option<String>,
 }
@@ -100,8 +96,7 @@ async fn tables(
         .query(
             &format!(
                 "SELECT c.oid, n.nspname::text, c.relname::text, pg_catalog.pg_relation_size(c.oid),
-                        pg_catalog.pg_total_relation_size(c.oid), c.relispartition, c.relkind = 'p',
-                        pg_catalog.pg_table_size(c.oid),
+                        c.relispartition, pg_catalog.pg_table_size(c.oid),
                         (SELECT pn.nspname || '.' || pc.relname FROM pg_catalog.pg_inherits i
                            JOIN pg_catalog.pg_class pc ON pc.oid = i.inhparent
                            JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace
@@ -125,11 +120,9 @@ async fn tables(
             schema: r.get(1),
             name: r.get(2),
             heap_bytes: r.get(3),
-            total_bytes: r.get(4),
-            is_partition: r.get(5),
-            is_partitioned: r.get(6),
-            table_bytes: r.get(7),
-            parent: r.get(8),
+            is_partition: r.get(4),
+            table_bytes: r.get(5),
+            parent: r.get(6),
         })
         .collect())
 }

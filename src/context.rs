@@ -125,6 +125,18 @@ impl OpContext {
         Ok(())
     }
 
+    /// Runs `work` until it ends or the operation is cancelled, whichever is first: for
+    /// waits that do not watch the token themselves (a store that does not answer).
+    pub async fn unless_cancelled<T>(
+        &self,
+        work: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        tokio::select! {
+            r = work => r,
+            _ = self.cancelled() => Err(self.interrupted()),
+        }
+    }
+
     pub fn observer(&self) -> &dyn Observer {
         &*self.observer
     }

@@ -39,7 +39,7 @@ pub async fn take(
     options: &BackupOptions,
     ctx: &OpContext,
 ) -> anyhow::Result<Manifest> {
-    store.check().await?;
+    ctx.unless_cancelled(store.check()).await?;
     let mut client = db.connect().await?;
     pin_session(&client, settings).await?;
     let tx = client

@@ -80,7 +80,10 @@ async fn protected(
     let schema = m.settings.schema.clone();
     let ledger = m.ledger();
     if !report.dry_run {
-        if let Err(e) = store.check().await {
+        if let Err(e) = ctx.unless_cancelled(store.check()).await {
+            if crate::error::kind_of(&e) == ErrorKind::Interrupted {
+                return Err(e);
+            }
             return refused(format!(
                 "the downgrade needs a usable backup store and {} is not ({e:#}); nothing was changed",
                 store.describe()

@@ -10,6 +10,7 @@ mod migrate;
 mod progress;
 mod rollback_test;
 mod schema;
+mod serve;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,6 +64,8 @@ pub enum Command {
     RollbackTest(rollback_test::RollbackTestArgs),
     /// Check the configuration: every problem at once (exit 2)
     Config(ConfigArgs),
+    /// Run the [[schedule]] backups until Ctrl-C or SIGTERM
+    Serve,
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,10 +106,10 @@ impl Output {
 /// What every command gets: where the configuration is (loaded only when a command needs
 /// it, so `schema diff` never fails on it) and the operation's context.
 pub struct Ctx {
-    config_path: Option<PathBuf>,
+    pub(crate) config_path: Option<PathBuf>,
     /// Progress bars allowed (not `--json`, not `-q`); they still need a terminal.
     interactive: bool,
-    op: OpContext,
+    pub(crate) op: OpContext,
 }
 
 impl Ctx {
@@ -143,6 +146,7 @@ pub async fn run(cli: Cli, op: OpContext) -> anyhow::Result<Output> {
         Command::Backups(args) => backup::backups(&ctx, args).await,
         Command::Restore(args) => backup::restore(&ctx, args).await,
         Command::RollbackTest(args) => rollback_test::run(&ctx, args).await,
+        Command::Serve => serve::run(&ctx).await,
         Command::Config(ConfigArgs {
             action: ConfigAction::Check,
         }) => config_check(&ctx).await,

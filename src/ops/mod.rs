@@ -11,6 +11,7 @@ pub mod migration;
 pub mod prune;
 pub mod restore;
 pub mod rollback_test;
+pub mod scheduled;
 pub mod schema;
 pub mod stamp;
 pub mod upgrade;

@@ -10,5 +10,6 @@ mod migrate;
 mod ops;
 mod rollback_test;
 mod schema;
+mod serve;
 mod shapes;
 mod tls;

@@ -27,8 +27,11 @@ pub const BOOKKEEPING_TABLE: &str = "backstop_migrations";
 /// Every backed-up downgrade.
 pub const DOWNGRADES_TABLE: &str = "backstop_downgrades";
 
+/// Every scheduled slot a daemon ran, failed or found missed.
+pub const SLOTS_TABLE: &str = "backstop_schedule_slots";
+
 /// backstop's own tables, left out of schema snapshots, backups and emptiness checks.
-pub const OWN_TABLES: &[&str] = &[BOOKKEEPING_TABLE, DOWNGRADES_TABLE];
+pub const OWN_TABLES: &[&str] = &[BOOKKEEPING_TABLE, DOWNGRADES_TABLE, SLOTS_TABLE];
 
 /// Schemas that belong to users: not the system's, not temporary, not TOAST.
 pub(super) const USER_SCHEMA: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema')

@@ -1,0 +1,138 @@
+//! One scheduled slot: claimed in the database so that exactly one instance runs it, backed
+//! up (kind `scheduled`), then retention applied; the outcome recorded with the slot.
+//! The daemon's loop calls this; it holds no loop of its own.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::backup::{take, BackupOptions};
+use super::prune::prune;
+use super::Workspace;
+use crate::backup::manifest::Kind;
+use crate::context::OpContext;
+use crate::ledger::{Ledger, SlotState};
+use crate::schedule::Schedule;
+
+/// What running a slot did.
+#[derive(Debug, Clone, Serialize)]
+pub enum SlotOutcome {
+    /// Another instance had already taken the slot.
+    TakenElsewhere,
+    /// Backed up (and retention applied).
+    Done {
+        backup_id: String,
+        rows: u64,
+        bytes: u64,
+        pruned: usize,
+    },
+}
+
+/// Claims `slot` of `schedule` for `instance` and, if it was free, backs up and prunes.
+/// A failure is recorded with the slot and returned; the next slot tries again.
+pub async fn run_slot(
+    ws: &Workspace,
+    schedule: &Schedule,
+    slot: DateTime<Utc>,
+    instance: &str,
+    ctx: &OpContext,
+) -> anyhow::Result<SlotOutcome> {
+    let config = ws.config();
+    let db = ws.database()?;
+    let client = db.connect().await?;
+    let ledger = Ledger::new(&config.database.schema);
+    ledger.ensure_slots(&client).await?;
+    if !ledger
+        .claim_slot(&client, &schedule.name, slot, instance, SlotState::Running)
+        .await?
+    {
+        return Ok(SlotOutcome::TakenElsewhere);
+    }
+    let work = async {
+        let store = ws.store().await?;
+        let options = BackupOptions {
+            kind: Kind::Scheduled,
+            tables: schedule.tables.clone(),
+            label: Some(format!("schedule {}", schedule.name)),
+            target_revision: None,
+            every_schema: false,
+        };
+        let manifest = take(
+            &db,
+            &config.database,
+            &config.backup,
+            &*store,
+            &options,
+            ctx,
+        )
+        .await?;
+        let plan = prune(
+            &*store,
+            &config.retention,
+            false,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await?;
+        anyhow::Ok(SlotOutcome::Done {
+            rows: manifest.rows(),
+            bytes: manifest.compressed_bytes(),
+            backup_id: manifest.id,
+            pruned: plan.remove.len(),
+        })
+    }
+    .await;
+    match &work {
+        Ok(SlotOutcome::Done { backup_id, .. }) => {
+            ledger
+                .finish_slot(
+                    &client,
+                    &schedule.name,
+                    slot,
+                    SlotState::Done,
+                    Some(backup_id),
+                    None,
+                )
+                .await?
+        }
+        Ok(SlotOutcome::TakenElsewhere) => {}
+        Err(e) => {
+            ledger
+                .finish_slot(
+                    &client,
+                    &schedule.name,
+                    slot,
+                    SlotState::Failed,
+                    None,
+                    Some(&format!("{e:#}")),
+                )
+                .await?
+        }
+    }
+    work
+}
+
+/// Records the slots of `schedule` that passed while no instance ran, from the last one on
+/// record up to `now`; returns them, oldest first.
+pub async fn record_missed(
+    ws: &Workspace,
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+    instance: &str,
+) -> anyhow::Result<Vec<DateTime<Utc>>> {
+    let db = ws.database()?;
+    let client = db.connect().await?;
+    let ledger = Ledger::new(&ws.config().database.schema);
+    ledger.ensure_slots(&client).await?;
+    let Some(last) = ledger.last_slot(&client, &schedule.name).await? else {
+        return Ok(Vec::new()); // a new schedule missed nothing
+    };
+    let mut missed = Vec::new();
+    for slot in schedule.slots_between(last, now, 1000) {
+        if ledger
+            .claim_slot(&client, &schedule.name, slot, instance, SlotState::Missed)
+            .await?
+        {
+            missed.push(slot);
+        }
+    }
+    Ok(missed)
+}

@@ -1,0 +1,167 @@
+//! `serve`, the real binary as a daemon: schedules that produce backups, several instances
+//! on one database backing each slot up once, and a clean stop on SIGTERM.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// A project whose one schedule fires every two seconds.
+async fn scheduled(db: &TestDb, store: &TestStore) -> Project {
+    let mut p = Project::new(db);
+    p.use_store(store);
+    // The section name becomes `[[schedule]]` in the file.
+    p.set_section("[schedule]", "name = \"fast\"\ncron = \"*/2 * * * * *\"");
+    p.ok(&["upgrade"]);
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO tasks (title, user_id) SELECT 'task ' || g, 'u' FROM generate_series(1, 100) g",
+        )
+        .await
+        .unwrap();
+    p
+}
+
+fn start(p: &Project) -> Child {
+    let child = p
+        .cmd(&["serve"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Precondition: the process is the binary itself, not a shell around it.
+    let exe = std::fs::read_link(format!("/proc/{}/exe", child.id())).unwrap();
+    assert!(exe.ends_with("backstop"), "{exe:?}");
+    child
+}
+
+/// SIGTERM, then the exit code and stderr; fails if it does not end within 15 s.
+fn stop(mut child: Child) -> (Option<i32>, String) {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(15) {
+            child.kill().unwrap();
+            panic!("serve did not stop within 15 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn slots_done(db: &TestDb) -> (i64, i64) {
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FILTER (WHERE state = 'done'), count(DISTINCT slot) FILTER (WHERE state = 'done')
+             FROM backstop_schedule_slots WHERE schedule = 'fast'",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+fn scheduled_backups(p: &Project) -> Vec<serde_json::Value> {
+    let (_, v) = p.json(&["backups", "list"]);
+    v["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["kind"] == "scheduled")
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn an_every_two_seconds_schedule_produces_backups_and_stops_cleanly() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let p = scheduled(&db, &store).await;
+    let child = start(&p);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let (code, stderr) = stop(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    let backups = scheduled_backups(&p);
+    assert!(
+        backups.len() >= 2,
+        "{} scheduled backups\n{stderr}",
+        backups.len()
+    );
+    assert!(backups.iter().all(|b| b["rows"] == 100), "{backups:?}");
+    let (done, distinct) = slots_done(&db).await;
+    assert_eq!(done as usize, backups.len(), "{stderr}");
+    assert_eq!(done, distinct);
+}
+
+#[tokio::test]
+async fn two_daemons_on_one_database_back_each_slot_up_once() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let p = scheduled(&db, &store).await;
+    let (a, b) = (start(&p), start(&p));
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let (code_a, err_a) = stop(a);
+    let (code_b, err_b) = stop(b);
+    assert_eq!((code_a, code_b), (Some(0), Some(0)), "{err_a}\n{err_b}");
+    let backups = scheduled_backups(&p);
+    let (done, distinct) = slots_done(&db).await;
+    assert!(done >= 3, "{done} slots done\n{err_a}\n{err_b}");
+    // One backup per slot: neither instance repeated a slot the other ran.
+    assert_eq!(backups.len() as i64, done, "{err_a}\n{err_b}");
+    assert_eq!(done, distinct);
+}
+
+#[tokio::test]
+async fn sigterm_in_the_middle_of_a_large_backup_exits_0_and_leaves_no_partial_backup() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let p = scheduled(&db, &store).await;
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO tasks (title, description, user_id)
+             SELECT 'task ' || g, md5(g::text) || md5((g * 3)::text), 'u' FROM generate_series(1, 1500000) g",
+        )
+        .await
+        .unwrap();
+    let child = start(&p);
+    // Wait until a backup is being written: its lease is there, its manifest is not.
+    let started = Instant::now();
+    loop {
+        let keys = store.keys().await;
+        let writing = keys.iter().any(|k| k.ends_with("/lease.json"));
+        if writing {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no backup started: {keys:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, stderr) = stop(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (_, v) = p.json(&["backups", "list"]);
+    assert_eq!(v["incomplete"], serde_json::json!([]), "{v}\n{stderr}");
+    assert!(
+        store
+            .keys()
+            .await
+            .iter()
+            .all(|k| !k.contains(".backstop-tmp-")),
+        "{:?}",
+        store.keys().await
+    );
+}

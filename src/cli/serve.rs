@@ -4,6 +4,7 @@
 //! a slot. Ctrl-C or SIGTERM cancels the operation context: nothing new starts, a running
 //! backup stops cleanly (upload aborted, no manifest), and `serve` exits 0.
 
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,29 +34,151 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Output> {
     }
     let instance = format!("{}:{}", hostname(), std::process::id());
     let op = ctx.op.clone();
+    let hangup = tokio::spawn(ignore_hangups(op.clone()));
+    wait_for_dependencies(&ws, &op).await;
+    if op.is_cancelled() {
+        hangup.abort();
+        return Ok(stopped());
+    }
     tracing::info!(
         "serving {} schedule(s) as instance {instance}",
         schedules.len()
     );
+    let beats: Vec<Arc<Heartbeat>> = schedules.iter().map(|_| Arc::default()).collect();
     let mut tasks = Vec::new();
-    for schedule in schedules {
-        let (ws, op, instance) = (ws.clone(), op.child(), instance.clone());
+    for (schedule, beat) in schedules.into_iter().zip(&beats) {
+        let (ws, op, instance, beat) = (ws.clone(), op.child(), instance.clone(), beat.clone());
         tasks.push(tokio::spawn(async move {
-            schedule_loop(&ws, &schedule, &instance, &op).await
+            schedule_loop(&ws, &schedule, &instance, &op, &beat).await
         }));
     }
+    notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog = tokio::spawn(watchdog(beats, op.clone()));
     for t in tasks {
         let _ = t.await;
     }
+    watchdog.abort();
+    hangup.abort();
+    notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopped");
-    Ok(Output {
+    Ok(stopped())
+}
+
+fn stopped() -> Output {
+    Output {
         json: serde_json::json!({ "stopped": true }),
         text: String::new(),
         code: ExitCode::Success,
-    })
+    }
 }
 
-async fn schedule_loop(ws: &Workspace, schedule: &Schedule, instance: &str, op: &OpContext) {
+/// Tells systemd (when it started us with a notify socket); without one, does nothing.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::debug!("notifying systemd: {e}");
+    }
+}
+
+/// Waits until the database and the store answer, saying which does not, so READY means
+/// the service can work; a dependency that is down does not stop the daemon.
+async fn wait_for_dependencies(ws: &Workspace, op: &OpContext) {
+    loop {
+        let db = match ws.database() {
+            Ok(db) => db.connect().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        let store = match ws.store().await {
+            Ok(store) => store.check().await,
+            Err(e) => Err(e),
+        };
+        let problems: Vec<String> = [("database", db), ("store", store)]
+            .into_iter()
+            .filter_map(|(what, r)| {
+                r.err()
+                    .map(|e| format!("the {what} does not answer: {e:#}"))
+            })
+            .collect();
+        if problems.is_empty() {
+            return;
+        }
+        let status = problems.join("; ");
+        tracing::error!("{status}; retrying in 5s");
+        notify(&[sd_notify::NotifyState::Status(&status)]);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = op.cancelled() => return,
+        }
+    }
+}
+
+/// SIGHUP would end the process by default; until reloading is built, it is logged and
+/// otherwise ignored, so a stray hangup never stops the backups.
+async fn ignore_hangups(op: OpContext) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hangups.recv() => tracing::warn!(
+                "SIGHUP: reloading the configuration is not implemented yet; restart the service to apply a changed configuration"
+            ),
+            _ = op.cancelled() => return,
+        }
+    }
+}
+
+/// A schedule loop's sign of life, for the watchdog.
+#[derive(Default)]
+struct Heartbeat {
+    /// Unix seconds of the loop's last wake.
+    at: AtomicI64,
+    /// A slot is running (a long backup is not a hang).
+    running: AtomicBool,
+}
+
+impl Heartbeat {
+    fn beat(&self) {
+        self.at.store(Utc::now().timestamp(), Ordering::Relaxed);
+    }
+
+    fn alive(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+            || Utc::now().timestamp() - self.at.load(Ordering::Relaxed)
+                <= 2 * MAX_SLEEP.as_secs() as i64
+    }
+}
+
+/// Pings systemd's watchdog (when it set one) while every schedule loop is alive, so a hung
+/// scheduler is restarted.
+async fn watchdog(beats: Vec<Arc<Heartbeat>>, op: OpContext) {
+    let Some(limit) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let every = (limit / 2).max(Duration::from_millis(100));
+    loop {
+        if beats.iter().all(|b| b.alive()) {
+            notify(&[sd_notify::NotifyState::Watchdog]);
+        } else {
+            tracing::error!(
+                "a schedule loop stopped answering; the watchdog will restart the service"
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = op.cancelled() => return,
+        }
+    }
+}
+
+async fn schedule_loop(
+    ws: &Workspace,
+    schedule: &Schedule,
+    instance: &str,
+    op: &OpContext,
+    beat: &Heartbeat,
+) {
+    beat.beat();
     match record_missed(ws, schedule, Utc::now(), instance).await {
         Ok(missed) if !missed.is_empty() => tracing::warn!(
             "schedule {}: {} slot(s) passed while no instance ran (the latest {}); they are recorded as missed",
@@ -74,6 +197,7 @@ async fn schedule_loop(ws: &Workspace, schedule: &Schedule, instance: &str, op: 
         };
         // Sleep until the slot, in bounded steps, or until cancelled.
         loop {
+            beat.beat();
             let now = Utc::now();
             if now >= slot {
                 break;
@@ -86,7 +210,11 @@ async fn schedule_loop(ws: &Workspace, schedule: &Schedule, instance: &str, op: 
         }
         after = slot;
         let started = std::time::Instant::now();
-        match run_slot(ws, schedule, slot, instance, op).await {
+        beat.running.store(true, Ordering::Relaxed);
+        let outcome = run_slot(ws, schedule, slot, instance, op).await;
+        beat.running.store(false, Ordering::Relaxed);
+        beat.beat();
+        match outcome {
             Ok(SlotOutcome::TakenElsewhere) => {
                 tracing::debug!("schedule {}: slot {slot} is run by another instance", schedule.name)
             }

@@ -165,3 +165,112 @@ async fn sigterm_in_the_middle_of_a_large_backup_exits_0_and_leaves_no_partial_b
         store.keys().await
     );
 }
+
+#[tokio::test]
+async fn serve_tells_systemd_it_is_ready_alive_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let p = scheduled(&db, &store).await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let child = p
+        .cmd(&["serve"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !(seen.iter().any(|m: &String| m.contains("READY=1"))
+        && seen.iter().any(|m| m.contains("WATCHDOG=1")))
+    {
+        let n = socket
+            .recv(&mut buf)
+            .expect("serve sent nothing to the notify socket");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let (code, stderr) = stop(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    while let Ok(n) = socket.recv(&mut buf) {
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(seen.iter().any(|m| m.contains("STOPPING=1")), "{seen:?}");
+}
+
+/// The unit passes `systemd-analyze verify`, and `security --offline=yes` rates it 2.0 or
+/// lower (exposure is printed with one decimal; the threshold is in tenths).
+#[test]
+fn the_systemd_unit_verifies_and_is_sandboxed() {
+    let analyze = std::path::Path::new("/usr/bin/systemd-analyze");
+    if !analyze.exists() {
+        eprintln!("systemd-analyze is not installed here; the unit was not checked");
+        return;
+    }
+    let unit = std::fs::read_to_string(repo_root().join("systemd/backstop.service")).unwrap();
+    assert!(
+        unit.contains("Type=notify") && unit.contains("WatchdogSec="),
+        "{unit}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("backstop.service");
+    // verify insists that ExecStart's program exists: point it at the built binary.
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/backstop", env!("CARGO_BIN_EXE_backstop")),
+    )
+    .unwrap();
+    let verify = Command::new(analyze)
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let security = Command::new(analyze)
+        .args(["security", "--offline=yes", "--threshold=20"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&security.stdout);
+    assert!(security.status.success(), "{text}");
+    assert!(text.contains("Overall exposure level"), "{text}");
+}
+
+#[tokio::test]
+async fn a_hangup_does_not_stop_the_daemon() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let p = scheduled(&db, &store).await;
+    let mut child = start(&p);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let hup = Command::new("kill")
+        .arg("-HUP")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP ended serve");
+    let before = scheduled_backups(&p).len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (code, stderr) = stop(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("SIGHUP"), "{stderr}");
+    assert!(
+        scheduled_backups(&p).len() > before,
+        "no backup after the hangup\n{stderr}"
+    );
+}

@@ -171,6 +171,20 @@ pub struct ScheduleConfig {
     pub timezone: Option<String>,
     #[serde(default)]
     pub tables: Vec<String>,
+    /// What a start does about slots that passed while no instance ran.
+    #[serde(default)]
+    pub catch_up: CatchUp,
+}
+
+/// `catch_up` of a `[[schedule]]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUp {
+    /// Run the latest missed slot once at start; record the others as missed.
+    #[default]
+    Latest,
+    /// Only record them as missed.
+    None,
 }
 
 /// `[retention]`: how many manual and scheduled backups `prune` keeps.

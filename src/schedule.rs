@@ -8,7 +8,7 @@ use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 
-use crate::config::ScheduleConfig;
+use crate::config::{CatchUp, ScheduleConfig};
 
 /// A parsed `[[schedule]]` entry.
 #[derive(Debug, Clone)]
@@ -17,6 +17,7 @@ pub struct Schedule {
     pub cron: Cron,
     pub timezone: Tz,
     pub tables: Vec<String>,
+    pub catch_up: CatchUp,
 }
 
 impl Schedule {
@@ -47,6 +48,7 @@ impl Schedule {
             cron,
             timezone,
             tables: config.tables.clone(),
+            catch_up: config.catch_up,
         })
     }
 
@@ -97,6 +99,7 @@ mod tests {
             cron: cron.into(),
             timezone: zone.map(Into::into),
             tables: Vec::new(),
+            catch_up: CatchUp::Latest,
         })
     }
 

@@ -179,19 +179,32 @@ async fn schedule_loop(
     beat: &Heartbeat,
 ) {
     beat.beat();
+    let mut catch_up = None;
     match record_missed(ws, schedule, Utc::now(), instance).await {
-        Ok(missed) if !missed.is_empty() => tracing::warn!(
-            "schedule {}: {} slot(s) passed while no instance ran (the latest {}); they are recorded as missed",
-            schedule.name,
-            missed.len(),
-            missed.last().map(|t| t.to_rfc3339()).unwrap_or_default()
+        Ok((missed, latest)) => {
+            if !missed.is_empty() {
+                tracing::warn!(
+                    "schedule {}: {} slot(s) passed while no instance ran; they are recorded as missed",
+                    schedule.name,
+                    missed.len()
+                );
+            }
+            if let Some(slot) = latest {
+                tracing::warn!(
+                    "schedule {}: slot {slot} passed while no instance ran; running it now (catch_up = \"latest\")",
+                    schedule.name
+                );
+                catch_up = Some(slot);
+            }
+        }
+        Err(e) => tracing::warn!(
+            "schedule {}: could not check for missed slots: {e:#}",
+            schedule.name
         ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!("schedule {}: could not check for missed slots: {e:#}", schedule.name),
     }
     let mut after = Utc::now();
     while !op.is_cancelled() {
-        let Some(slot) = schedule.next_after(after) else {
+        let Some(slot) = catch_up.take().or_else(|| schedule.next_after(after)) else {
             tracing::warn!("schedule {} has no future slot; it stops", schedule.name);
             return;
         };
@@ -208,7 +221,7 @@ async fn schedule_loop(
                 _ = op.cancelled() => return,
             }
         }
-        after = slot;
+        after = after.max(slot);
         let started = std::time::Instant::now();
         beat.running.store(true, Ordering::Relaxed);
         let outcome = run_slot(ws, schedule, slot, instance, op).await;

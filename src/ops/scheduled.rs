@@ -9,8 +9,10 @@ use super::backup::{take, BackupOptions};
 use super::prune::prune;
 use super::Workspace;
 use crate::backup::manifest::Kind;
+use crate::config::CatchUp;
 use crate::context::OpContext;
 use crate::ledger::{Ledger, SlotState};
+use crate::pg::lock::MigrationLock;
 use crate::schedule::Schedule;
 
 /// What running a slot did.
@@ -47,6 +49,26 @@ pub async fn run_slot(
     {
         return Ok(SlotOutcome::TakenElsewhere);
     }
+    // Scheduled backups and migrations never interleave: both hold the migration lock.
+    let lock =
+        MigrationLock::acquire(&client, &db, &config.database.schema, &config.database).await;
+    let lock = match lock {
+        Ok(lock) => lock,
+        Err(e) => {
+            let why = format!("{e:#}");
+            ledger
+                .finish_slot(
+                    &client,
+                    &schedule.name,
+                    slot,
+                    SlotState::Failed,
+                    None,
+                    Some(&why),
+                )
+                .await?;
+            return Err(e);
+        }
+    };
     let work = async {
         let store = ws.store().await?;
         let options = BackupOptions {
@@ -80,6 +102,7 @@ pub async fn run_slot(
         })
     }
     .await;
+    lock.release(&client).await;
     match &work {
         Ok(SlotOutcome::Done { backup_id, .. }) => {
             ledger
@@ -111,22 +134,28 @@ pub async fn run_slot(
 }
 
 /// Records the slots of `schedule` that passed while no instance ran, from the last one on
-/// record up to `now`; returns them, oldest first.
+/// record up to `now`, and returns them, oldest first. With `catch_up = "latest"` the latest
+/// of them is not recorded but returned apart, for the caller to run.
 pub async fn record_missed(
     ws: &Workspace,
     schedule: &Schedule,
     now: DateTime<Utc>,
     instance: &str,
-) -> anyhow::Result<Vec<DateTime<Utc>>> {
+) -> anyhow::Result<(Vec<DateTime<Utc>>, Option<DateTime<Utc>>)> {
     let db = ws.database()?;
     let client = db.connect().await?;
     let ledger = Ledger::new(&ws.config().database.schema);
     ledger.ensure_slots(&client).await?;
     let Some(last) = ledger.last_slot(&client, &schedule.name).await? else {
-        return Ok(Vec::new()); // a new schedule missed nothing
+        return Ok((Vec::new(), None)); // a new schedule missed nothing
+    };
+    let mut passed = schedule.slots_between(last, now, 1000);
+    let latest = match schedule.catch_up {
+        CatchUp::Latest => passed.pop(),
+        CatchUp::None => None,
     };
     let mut missed = Vec::new();
-    for slot in schedule.slots_between(last, now, 1000) {
+    for slot in passed {
         if ledger
             .claim_slot(&client, &schedule.name, slot, instance, SlotState::Missed)
             .await?
@@ -134,5 +163,5 @@ pub async fn record_missed(
             missed.push(slot);
         }
     }
-    Ok(missed)
+    Ok((missed, latest))
 }

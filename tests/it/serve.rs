@@ -274,3 +274,88 @@ async fn a_hangup_does_not_stop_the_daemon() {
         "no backup after the hangup\n{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_restart_records_missed_slots_and_runs_the_latest_once() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let p = scheduled(&db, &store).await;
+    let first = start(&p);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (code, stderr) = stop(first);
+    assert_eq!(code, Some(0), "{stderr}");
+    let c = db.client().await;
+    let stopped: chrono::DateTime<chrono::Utc> =
+        c.query_one("SELECT now()", &[]).await.unwrap().get(0);
+    // Three or four slots pass with no instance running.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let restarted: chrono::DateTime<chrono::Utc> =
+        c.query_one("SELECT now()", &[]).await.unwrap().get(0);
+    let second = start(&p);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (code, stderr) = stop(second);
+    assert_eq!(code, Some(0), "{stderr}");
+    let states: Vec<String> = c
+        .query(
+            "SELECT state FROM backstop_schedule_slots WHERE schedule = 'fast' AND slot > $1 AND slot <= $2 ORDER BY slot",
+            &[&stopped, &restarted],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(states.len() >= 3, "{states:?}\n{stderr}");
+    let (last, rest) = states.split_last().unwrap();
+    assert_eq!(
+        last, "done",
+        "the latest missed slot runs at start: {states:?}\n{stderr}"
+    );
+    assert!(rest.iter().all(|s| s == "missed"), "{states:?}");
+    assert!(stderr.contains("passed while no instance ran"), "{stderr}");
+}
+
+#[tokio::test]
+async fn scheduled_backups_wait_for_migrations_and_never_interleave() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let mut p = scheduled(&db, &store).await;
+    p.set_database_extra("migration_lock_timeout_secs = 1");
+    let parsed =
+        backstop::pg::Database::parse(&db.url, &backstop::config::DatabaseConfig::default())
+            .unwrap();
+    let key = backstop::pg::lock::MigrationLock::key(&parsed, "public");
+    // A migration (here, its lock) is under way.
+    let migrating = db.client().await;
+    migrating
+        .query_one("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .unwrap();
+    let child = start(&p);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        scheduled_backups(&p).is_empty(),
+        "a backup ran during the migration"
+    );
+    migrating
+        .query_one("SELECT pg_advisory_unlock($1)", &[&key])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (code, stderr) = stop(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    let c = db.client().await;
+    let failed: i64 = c
+        .query_one(
+            "SELECT count(*) FROM backstop_schedule_slots WHERE state = 'failed' AND error LIKE '%migration lock%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(failed >= 1, "{stderr}");
+    assert!(
+        !scheduled_backups(&p).is_empty(),
+        "no backup after the migration ended\n{stderr}"
+    );
+}

@@ -17,6 +17,11 @@ use chrono::Utc;
 
 use super::{Ctx, Output};
 
+mod http;
+mod metrics;
+
+use metrics::Metrics;
+
 /// The longest single sleep: a clock that jumps is noticed within this.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 
@@ -44,12 +49,39 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Output> {
         "serving {} schedule(s) as instance {instance}",
         schedules.len()
     );
+    let names: Vec<String> = schedules.iter().map(|s| s.name.clone()).collect();
+    let metrics = Arc::new(Metrics::new(&names));
+    let listen = &ws.config().server.listen;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            hangup.abort();
+            return usage(format!(
+                "cannot listen on {listen} ([server] listen): {e}; pick a free address and port"
+            ));
+        }
+    };
+    let app = http::app(Arc::new(http::Daemon {
+        ws: ws.clone(),
+        metrics: metrics.clone(),
+    }));
+    let http_op = op.clone();
+    let server = tokio::spawn(async move {
+        let stop = async move { http_op.cancelled().await };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!("the HTTP server stopped: {e}");
+        }
+    });
     let beats: Vec<Arc<Heartbeat>> = schedules.iter().map(|_| Arc::default()).collect();
     let mut tasks = Vec::new();
     for (schedule, beat) in schedules.into_iter().zip(&beats) {
         let (ws, op, instance, beat) = (ws.clone(), op.child(), instance.clone(), beat.clone());
+        let metrics = metrics.clone();
         tasks.push(tokio::spawn(async move {
-            schedule_loop(&ws, &schedule, &instance, &op, &beat).await
+            schedule_loop(&ws, &schedule, &instance, &op, &beat, &metrics).await
         }));
     }
     notify(&[sd_notify::NotifyState::Ready]);
@@ -59,6 +91,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Output> {
     }
     watchdog.abort();
     hangup.abort();
+    let _ = server.await;
     notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopped");
     Ok(stopped())
@@ -177,11 +210,13 @@ async fn schedule_loop(
     instance: &str,
     op: &OpContext,
     beat: &Heartbeat,
+    metrics: &Metrics,
 ) {
     beat.beat();
     let mut catch_up = None;
     match record_missed(ws, schedule, Utc::now(), instance).await {
         Ok((missed, latest)) => {
+            metrics.missed(&schedule.name, missed.len() as u64);
             if !missed.is_empty() {
                 tracing::warn!(
                     "schedule {}: {} slot(s) passed while no instance ran; they are recorded as missed",
@@ -208,6 +243,7 @@ async fn schedule_loop(
             tracing::warn!("schedule {} has no future slot; it stops", schedule.name);
             return;
         };
+        metrics.next(&schedule.name, slot);
         // Sleep until the slot, in bounded steps, or until cancelled.
         loop {
             beat.beat();
@@ -227,19 +263,39 @@ async fn schedule_loop(
         let outcome = run_slot(ws, schedule, slot, instance, op).await;
         beat.running.store(false, Ordering::Relaxed);
         beat.beat();
+        let secs = started.elapsed().as_secs_f64();
         match outcome {
             Ok(SlotOutcome::TakenElsewhere) => {
-                tracing::debug!("schedule {}: slot {slot} is run by another instance", schedule.name)
+                tracing::debug!(
+                    "schedule {}: slot {slot} is run by another instance",
+                    schedule.name
+                )
             }
-            Ok(SlotOutcome::Done { backup_id, rows, bytes, pruned }) => tracing::info!(
-                "schedule {}: slot {slot} backed up as {backup_id} ({rows} rows, {bytes} bytes stored, {:.1}s); retention removed {pruned} backup(s)",
-                schedule.name,
-                started.elapsed().as_secs_f64()
-            ),
-            Err(e) => tracing::error!(
-                "schedule {}: slot {slot} failed: {e:#}; the next slot tries again",
-                schedule.name
-            ),
+            Ok(SlotOutcome::Done {
+                backup_id,
+                rows,
+                bytes,
+                pruned,
+                kept,
+            }) => {
+                metrics.succeeded(&schedule.name, &backup_id, rows, bytes, secs, kept);
+                tracing::info!(
+                    "schedule {}: slot {slot} backed up as {backup_id} ({rows} rows, {bytes} bytes stored, {secs:.1}s); retention removed {pruned} backup(s)",
+                    schedule.name
+                )
+            }
+            Err(e) => {
+                let kind = backstop::error::kind_of(&e);
+                let reason = serde_json::to_value(kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_else(|| "internal".into());
+                metrics.failed(&schedule.name, &reason, &format!("{e:#}"), secs);
+                tracing::error!(
+                    "schedule {}: slot {slot} failed: {e:#}; the next slot tries again",
+                    schedule.name
+                )
+            }
         }
     }
 }

@@ -26,6 +26,8 @@ pub enum SlotOutcome {
         rows: u64,
         bytes: u64,
         pruned: usize,
+        /// Complete backups left in the store after retention.
+        kept: usize,
     },
 }
 
@@ -99,6 +101,7 @@ pub async fn run_slot(
             bytes: manifest.compressed_bytes(),
             backup_id: manifest.id,
             pruned: plan.remove.len(),
+            kept: plan.keep.len(),
         })
     }
     .await;

@@ -23,6 +23,32 @@ async fn scheduled(db: &TestDb, store: &TestStore) -> Project {
     p
 }
 
+/// A free loopback port for one daemon's HTTP side.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `serve` with an HTTP port of its own; returns the process and the port.
+fn start_http(p: &mut Project) -> (Child, u16) {
+    let port = free_port();
+    p.set_section("server", &format!("listen = \"127.0.0.1:{port}\""));
+    let child = start(p);
+    // Until it listens, it may not have read its configuration: the next start rewrites it.
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "serve never listened on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, port)
+}
+
 fn start(p: &Project) -> Child {
     let child = p
         .cmd(&["serve"])
@@ -88,8 +114,8 @@ fn scheduled_backups(p: &Project) -> Vec<serde_json::Value> {
 async fn an_every_two_seconds_schedule_produces_backups_and_stops_cleanly() {
     let store = TestStore::dir();
     let db = TestDb::new().await;
-    let p = scheduled(&db, &store).await;
-    let child = start(&p);
+    let mut p = scheduled(&db, &store).await;
+    let (child, _) = start_http(&mut p);
     tokio::time::sleep(Duration::from_secs(7)).await;
     let (code, stderr) = stop(child);
     assert_eq!(code, Some(0), "{stderr}");
@@ -109,8 +135,9 @@ async fn an_every_two_seconds_schedule_produces_backups_and_stops_cleanly() {
 async fn two_daemons_on_one_database_back_each_slot_up_once() {
     let store = TestStore::dir();
     let db = TestDb::new().await;
-    let p = scheduled(&db, &store).await;
-    let (a, b) = (start(&p), start(&p));
+    let mut p = scheduled(&db, &store).await;
+    let (a, _) = start_http(&mut p);
+    let (b, _) = start_http(&mut p);
     tokio::time::sleep(Duration::from_secs(9)).await;
     let (code_a, err_a) = stop(a);
     let (code_b, err_b) = stop(b);
@@ -171,7 +198,8 @@ async fn serve_tells_systemd_it_is_ready_alive_and_stopping() {
     use std::os::unix::net::UnixDatagram;
     let store = TestStore::dir();
     let db = TestDb::new().await;
-    let p = scheduled(&db, &store).await;
+    let mut p = scheduled(&db, &store).await;
+    p.set_section("server", &format!("listen = \"127.0.0.1:{}\"", free_port()));
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
@@ -253,8 +281,8 @@ fn the_systemd_unit_verifies_and_is_sandboxed() {
 async fn a_hangup_does_not_stop_the_daemon() {
     let store = TestStore::dir();
     let db = TestDb::new().await;
-    let p = scheduled(&db, &store).await;
-    let mut child = start(&p);
+    let mut p = scheduled(&db, &store).await;
+    let (mut child, _) = start_http(&mut p);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let hup = Command::new("kill")
         .arg("-HUP")
@@ -279,8 +307,8 @@ async fn a_hangup_does_not_stop_the_daemon() {
 async fn a_restart_records_missed_slots_and_runs_the_latest_once() {
     let store = TestStore::dir();
     let db = TestDb::new().await;
-    let p = scheduled(&db, &store).await;
-    let first = start(&p);
+    let mut p = scheduled(&db, &store).await;
+    let (first, _) = start_http(&mut p);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (code, stderr) = stop(first);
     assert_eq!(code, Some(0), "{stderr}");
@@ -291,7 +319,7 @@ async fn a_restart_records_missed_slots_and_runs_the_latest_once() {
     tokio::time::sleep(Duration::from_secs(7)).await;
     let restarted: chrono::DateTime<chrono::Utc> =
         c.query_one("SELECT now()", &[]).await.unwrap().get(0);
-    let second = start(&p);
+    let (second, _) = start_http(&mut p);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (code, stderr) = stop(second);
     assert_eq!(code, Some(0), "{stderr}");
@@ -358,4 +386,100 @@ async fn scheduled_backups_wait_for_migrations_and_never_interleave() {
         !scheduled_backups(&p).is_empty(),
         "no backup after the migration ended\n{stderr}"
     );
+}
+
+/// `GET path` over plain HTTP/1.1: (status, body).
+fn get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw[9..12].parse().unwrap();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample in a Prometheus text exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l[series.len()..].trim().parse().ok())
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_and_status_over_http() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let mut p = scheduled(&db, &store).await;
+    let (child, port) = start_http(&mut p);
+    // Wait for the HTTP side, then for a run to show in the metrics.
+    let started = Instant::now();
+    let mut metrics = String::new();
+    loop {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            drop(s);
+            let (code, body) = get(port, "/metrics");
+            assert_eq!(code, 200, "{body}");
+            metrics = body;
+            let runs = sample(
+                &metrics,
+                "backstop_schedule_runs_total{schedule=\"fast\",result=\"success\"}",
+            );
+            if runs.unwrap_or(0.0) >= 1.0 {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no successful run in the metrics:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(get(port, "/healthz").0, 200);
+    assert_eq!(get(port, "/readyz").0, 200);
+    for series in [
+        "backstop_schedule_last_success_timestamp_seconds{schedule=\"fast\"}",
+        "backstop_schedule_last_duration_seconds{schedule=\"fast\"}",
+        "backstop_schedule_next_run_timestamp_seconds{schedule=\"fast\"}",
+        "backstop_backup_rows_total{schedule=\"fast\"}",
+        "backstop_backup_bytes_total{schedule=\"fast\"}",
+        "backstop_schedule_missed_slots_total{schedule=\"fast\"}",
+        "backstop_backups_in_store",
+    ] {
+        assert!(
+            sample(&metrics, series).is_some(),
+            "no {series} in\n{metrics}"
+        );
+    }
+    assert!(sample(&metrics, "backstop_backup_rows_total{schedule=\"fast\"}").unwrap() >= 100.0);
+    assert!(
+        metrics.contains("backstop_build_info{version="),
+        "{metrics}"
+    );
+    let (code, status) = get(port, "/v1/status");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        status["schedules"]["fast"]["last_result"], "success",
+        "{status}"
+    );
+    let (code, listed) = get(port, "/v1/backups");
+    assert_eq!(code, 200);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert!(
+        !listed["backups"].as_array().unwrap().is_empty(),
+        "{listed}"
+    );
+    assert!(!listed.to_string().contains(&db.url), "{listed}");
+    let (code, stderr) = stop(child);
+    assert_eq!(code, Some(0), "{stderr}");
 }

@@ -40,15 +40,6 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Output> {
     let instance = format!("{}:{}", hostname(), std::process::id());
     let op = ctx.op.clone();
     let hangup = tokio::spawn(ignore_hangups(op.clone()));
-    wait_for_dependencies(&ws, &op).await;
-    if op.is_cancelled() {
-        hangup.abort();
-        return Ok(stopped());
-    }
-    tracing::info!(
-        "serving {} schedule(s) as instance {instance}",
-        schedules.len()
-    );
     let names: Vec<String> = schedules.iter().map(|s| s.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&names));
     let listen = &ws.config().server.listen;
@@ -75,6 +66,17 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Output> {
             tracing::error!("the HTTP server stopped: {e}");
         }
     });
+    // /healthz and /readyz answer while the database or the store is still coming up.
+    wait_for_dependencies(&ws, &op).await;
+    if op.is_cancelled() {
+        hangup.abort();
+        let _ = server.await;
+        return Ok(stopped());
+    }
+    tracing::info!(
+        "serving {} schedule(s) as instance {instance}",
+        schedules.len()
+    );
     let beats: Vec<Arc<Heartbeat>> = schedules.iter().map(|_| Arc::default()).collect();
     let mut tasks = Vec::new();
     for (schedule, beat) in schedules.into_iter().zip(&beats) {

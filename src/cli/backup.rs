@@ -165,18 +165,7 @@ pub async fn backups(ctx: &Ctx, args: BackupsArgs) -> anyhow::Result<Output> {
             for (id, why) in &catalog.unreadable {
                 tracing::warn!("backup {id} has an unreadable manifest: {}", printable(why));
             }
-            let json = serde_json::json!({
-                "store": store.describe(),
-                "backups": catalog.backups.iter().map(|m| serde_json::json!({
-                    "id": m.id, "kind": m.kind, "label": m.label, "created_at": m.created_at,
-                    "revision": m.revision, "target_revision": m.target_revision,
-                    "tables": m.tables.iter().map(|t| &t.name).collect::<Vec<_>>(),
-                    "rows": m.rows(), "bytes": m.bytes(), "compressed_bytes": m.compressed_bytes(),
-                    "downgrade": status.get(&m.id),
-                })).collect::<Vec<_>>(),
-                "incomplete": catalog.incomplete.iter().map(|i| &i.id).collect::<Vec<_>>(),
-                "unreadable": catalog.unreadable.iter().map(|(id, why)| serde_json::json!({"id": id, "error": why})).collect::<Vec<_>>(),
-            });
+            let json = listing.to_json();
             Ok(Output {
                 json,
                 text,

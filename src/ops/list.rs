@@ -45,6 +45,26 @@ pub struct Listing {
     pub outcomes: BTreeMap<String, DowngradeOutcome>,
 }
 
+impl Listing {
+    /// The document `backups list --json` prints and `GET /v1/backups` answers.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "store": self.store,
+            "backups": self.catalog.backups.iter().map(|m| serde_json::json!({
+                "id": m.id, "kind": m.kind, "label": m.label, "created_at": m.created_at,
+                "revision": m.revision, "target_revision": m.target_revision,
+                "tables": m.tables.iter().map(|t| &t.name).collect::<Vec<_>>(),
+                "rows": m.rows(), "bytes": m.bytes(), "compressed_bytes": m.compressed_bytes(),
+                "downgrade": self.outcomes.get(&m.id),
+            })).collect::<Vec<_>>(),
+            "incomplete": self.catalog.incomplete.iter().map(|i| &i.id).collect::<Vec<_>>(),
+            "unreadable": self.catalog.unreadable.iter()
+                .map(|(id, why)| serde_json::json!({"id": id, "error": why}))
+                .collect::<Vec<_>>(),
+        })
+    }
+}
+
 /// Lists the store; `db` (when configured) tells what became of each downgrade.
 pub async fn list(store: &Store, db: Option<(&Database, &str)>) -> anyhow::Result<Listing> {
     let catalog = scan(store).await?;

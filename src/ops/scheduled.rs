@@ -51,27 +51,7 @@ pub async fn run_slot(
     {
         return Ok(SlotOutcome::TakenElsewhere);
     }
-    // Scheduled backups and migrations never interleave: both hold the migration lock.
-    let lock =
-        MigrationLock::acquire(&client, &db, &config.database.schema, &config.database).await;
-    let lock = match lock {
-        Ok(lock) => lock,
-        Err(e) => {
-            let why = format!("{e:#}");
-            ledger
-                .finish_slot(
-                    &client,
-                    &schedule.name,
-                    slot,
-                    SlotState::Failed,
-                    None,
-                    Some(&why),
-                )
-                .await?;
-            return Err(e);
-        }
-    };
-    let work = async {
+    let backup = async {
         let store = ws.store().await?;
         let options = BackupOptions {
             kind: Kind::Scheduled,
@@ -103,9 +83,16 @@ pub async fn run_slot(
             pruned: plan.remove.len(),
             kept: plan.keep.len(),
         })
+    };
+    // Scheduled backups and migrations never interleave: both hold the migration lock.
+    let work = async {
+        let lock =
+            MigrationLock::acquire(&client, &db, &config.database.schema, &config.database).await?;
+        let done = backup.await;
+        lock.release(&client).await;
+        done
     }
     .await;
-    lock.release(&client).await;
     match &work {
         Ok(SlotOutcome::Done { backup_id, .. }) => {
             ledger

@@ -78,17 +78,7 @@ async fn backups(State(d): State<Arc<Daemon>>) -> Response {
     }
     .await;
     match listed {
-        Ok(l) => Json(serde_json::json!({
-            "store": l.store,
-            "backups": l.catalog.backups.iter().map(|m| serde_json::json!({
-                "id": m.id, "kind": m.kind, "label": m.label, "created_at": m.created_at,
-                "revision": m.revision, "target_revision": m.target_revision,
-                "tables": m.tables.iter().map(|t| t.display()).collect::<Vec<_>>(),
-                "rows": m.rows(), "bytes": m.bytes(), "compressed_bytes": m.compressed_bytes(),
-                "downgrade": l.outcomes.get(&m.id),
-            })).collect::<Vec<_>>(),
-        }))
-        .into_response(),
+        Ok(l) => Json(l.to_json()).into_response(),
         Err(e) => {
             let kind = backstop::error::kind_of(&e);
             let status = StatusCode::from_u16(kind.http_status())

@@ -118,21 +118,7 @@ fn notify(state: &[sd_notify::NotifyState]) {
 /// the service can work; a dependency that is down does not stop the daemon.
 async fn wait_for_dependencies(ws: &Workspace, op: &OpContext) {
     loop {
-        let db = match ws.database() {
-            Ok(db) => db.connect().await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        let store = match ws.store().await {
-            Ok(store) => store.check().await,
-            Err(e) => Err(e),
-        };
-        let problems: Vec<String> = [("database", db), ("store", store)]
-            .into_iter()
-            .filter_map(|(what, r)| {
-                r.err()
-                    .map(|e| format!("the {what} does not answer: {e:#}"))
-            })
-            .collect();
+        let problems = ws.unavailable().await;
         if problems.is_empty() {
             return;
         }

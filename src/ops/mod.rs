@@ -63,6 +63,26 @@ impl Workspace {
         MigrationSet::load(&self.loaded.migrations_dir())
     }
 
+    /// What does not answer now, the database or the store, each as a sentence; empty when
+    /// both do. For the daemon's readiness.
+    pub async fn unavailable(&self) -> Vec<String> {
+        let db = match self.database() {
+            Ok(db) => db.connect().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        let store = match self.store().await {
+            Ok(store) => store.check().await,
+            Err(e) => Err(e),
+        };
+        [("database", db), ("store", store)]
+            .into_iter()
+            .filter_map(|(what, r)| {
+                r.err()
+                    .map(|e| format!("the {what} does not answer: {e:#}"))
+            })
+            .collect()
+    }
+
     /// For commands that only read or record revisions.
     pub fn migrator(&self) -> anyhow::Result<Migrator> {
         Ok(Migrator::new(

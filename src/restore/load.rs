@@ -166,25 +166,7 @@ pub async fn restore_tables(
                 columns.join(", ")
             )
         };
-        let sink = tx
-            .copy_in::<_, bytes::Bytes>(sql.as_str())
-            .await
-            .pg(|| format!("starting to load {}", t.entry.name))?;
-        let name = t.entry.name.clone();
-        let mut sink = std::pin::pin!(sink
-            .sink_map_err(
-                move |e| anyhow::Error::new(PgError::from(e)).context(format!("loading {name}"))
-            ));
-        let stats = pump(store, t.entry, sink.as_mut(), ctx).await?;
-        stats.check(t.entry)?;
-        ctx.observer().advance(stats.bytes, stats.rows);
-        // Only a verified stream is allowed to complete the COPY.
-        let loaded = sink
-            .as_mut()
-            .get_pin_mut()
-            .finish()
-            .await
-            .pg(|| format!("finishing the load of {}", t.entry.name))?;
+        let loaded = copy_verified(tx, &sql, store, t.entry, ctx).await?;
         if loaded != t.entry.rows {
             return verification(format!(
                 "table {}: PostgreSQL loaded {loaded} rows but the backup holds {}",
@@ -317,6 +299,33 @@ pub async fn restore_columns(
     via_temp_table(tx, store, &t, ctx, Finish::UpdateByKey).await
 }
 
+/// Streams `entry`'s object into `copy` (a `COPY … FROM STDIN`), checking it against the
+/// manifest on the way; only a verified stream may complete the COPY. Returns the rows loaded.
+async fn copy_verified(
+    tx: &Transaction<'_>,
+    copy: &str,
+    store: &Store,
+    entry: &TableEntry,
+    ctx: &OpContext,
+) -> anyhow::Result<u64> {
+    let what = entry.display();
+    let sink = tx
+        .copy_in::<_, bytes::Bytes>(copy)
+        .await
+        .pg(|| format!("starting to load {what}"))?;
+    let mut sink = std::pin::pin!(sink.sink_map_err(|e| {
+        anyhow::Error::new(PgError::from(e)).context(format!("loading {}", entry.display()))
+    }));
+    let stats = pump(store, entry, sink.as_mut(), ctx).await?;
+    stats.check(entry)?;
+    ctx.observer().advance(stats.bytes, stats.rows);
+    sink.as_mut()
+        .get_pin_mut()
+        .finish()
+        .await
+        .pg(|| format!("finishing the load of {what}"))
+}
+
 /// What to do with rows staged in a temporary table.
 #[derive(Clone, Copy)]
 enum Finish {
@@ -345,26 +354,11 @@ async fn via_temp_table(
     ))
     .await
     .pg(|| format!("preparing to restore {}", entry.display()))?;
-    let sink = tx
-        .copy_in::<_, bytes::Bytes>(
-            format!(
-                "COPY {temp} ({}) FROM STDIN (FORMAT csv, HEADER)",
-                cols.join(", ")
-            )
-            .as_str(),
-        )
-        .await
-        .pg(|| format!("starting to load {}", entry.display()))?;
-    let mut sink = std::pin::pin!(sink.sink_map_err(|e| anyhow::Error::new(PgError::from(e))));
-    let stats = pump(store, entry, sink.as_mut(), ctx).await?;
-    stats.check(entry)?;
-    ctx.observer().advance(stats.bytes, stats.rows);
-    let loaded = sink
-        .as_mut()
-        .get_pin_mut()
-        .finish()
-        .await
-        .pg(|| format!("loading {}", entry.display()))?;
+    let copy = format!(
+        "COPY {temp} ({}) FROM STDIN (FORMAT csv, HEADER)",
+        cols.join(", ")
+    );
+    let loaded = copy_verified(tx, &copy, store, entry, ctx).await?;
     let sql = match finish {
         Finish::UpdateByKey => {
             let set: Vec<String> = entry

@@ -137,21 +137,13 @@ fn black_hole() -> u16 {
 
 /// Runs the binary, killing it (and failing) if it is still running after `limit`.
 fn run_bounded(p: &Project, args: &[&str], limit: Duration) -> Run {
-    let mut child = p
+    let child = p
         .cmd(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > limit {
-            child.kill().unwrap();
-            panic!("backstop {args:?} still waited after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Run::from(child.wait_with_output().unwrap())
+    Run::from(exit_within(child, limit, &format!("backstop {args:?}")))
 }
 
 #[tokio::test]

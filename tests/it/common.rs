@@ -597,3 +597,21 @@ pub async fn catch_statement(
     }
     false
 }
+
+/// Waits for `child` to exit, killing it and failing the test (naming `what`) if it is
+/// still running after `limit`: a test of a bounded wait must not itself wait unbounded.
+pub fn exit_within(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> Output {
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("{what} still ran after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}

@@ -63,22 +63,14 @@ fn start(p: &Project) -> Child {
 }
 
 /// SIGTERM, then the exit code and stderr; fails if it does not end within 15 s.
-fn stop(mut child: Child) -> (Option<i32>, String) {
+fn stop(child: Child) -> (Option<i32>, String) {
     let status = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
         .status()
         .unwrap();
     assert!(status.success());
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(15) {
-            child.kill().unwrap();
-            panic!("serve did not stop within 15 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = exit_within(child, Duration::from_secs(15), "serve after SIGTERM");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

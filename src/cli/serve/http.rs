@@ -31,18 +31,7 @@ pub fn app(state: Arc<Daemon>) -> Router {
 }
 
 async fn readyz(State(d): State<Arc<Daemon>>) -> Response {
-    let db = match d.ws.database() {
-        Ok(db) => db.connect().await.map(|_| ()),
-        Err(e) => Err(e),
-    };
-    let store = match d.ws.store().await {
-        Ok(s) => s.check().await,
-        Err(e) => Err(e),
-    };
-    let problems: Vec<String> = [("database", db), ("store", store)]
-        .into_iter()
-        .filter_map(|(what, r)| r.err().map(|e| format!("{what}: {e:#}")))
-        .collect();
+    let problems = d.ws.unavailable().await;
     if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {

@@ -35,6 +35,7 @@ pub struct Config {
     pub schedules: Vec<ScheduleConfig>,
     pub retention: RetentionConfig,
     pub server: ServerConfig,
+    pub notify: NotifyConfig,
 }
 
 /// A string that must never be printed: database URLs carry passwords, tokens are secrets.
@@ -227,6 +228,52 @@ impl Default for ServerConfig {
     }
 }
 
+/// `[notify]`: webhooks (healthchecks.io-style dead-man switches) told when a scheduled
+/// backup starts, succeeds or fails, so a backup that stops happening is noticed. The URLs
+/// are secrets: a ping URL is all it takes to report a false success.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    #[serde(skip_serializing)]
+    pub on_start: Option<Secret>,
+    #[serde(skip_serializing)]
+    pub on_success: Option<Secret>,
+    #[serde(skip_serializing)]
+    pub on_failure: Option<Secret>,
+}
+
+impl NotifyConfig {
+    /// The configured hooks with their keys, for checks and messages.
+    pub fn hooks(&self) -> impl Iterator<Item = (&'static str, &Secret)> {
+        [
+            ("on_start", &self.on_start),
+            ("on_success", &self.on_success),
+            ("on_failure", &self.on_failure),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+    }
+}
+
+/// Why `url` cannot be a webhook address, if it cannot: an absolute `http` or `https` URL
+/// with a host, and nothing a request line could not carry.
+pub fn webhook_url_problem(url: &str) -> Option<&'static str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Some("is not an absolute URL (like \"https://hc-ping.com/UUID\")");
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Some("must use http or https");
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') {
+        return Some("has no host");
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("contains spaces or control characters");
+    }
+    None
+}
+
 /// The variables that override the file; a map so tests need not touch the process environment.
 pub type Env = HashMap<String, String>;
 
@@ -306,6 +353,14 @@ impl Config {
         if self.backup.parallelism == 0 {
             out.push(format!("{origin}: [backup] parallelism must be at least 1"));
         }
+        for (key, url) in self.notify.hooks() {
+            if let Some(why) = webhook_url_problem(&url.0) {
+                // The URL itself is a secret: name the key, not the value.
+                out.push(format!(
+                    "{origin}: [notify] {key} {why}; give the full URL your monitoring service shows"
+                ));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for s in &self.schedules {
             if !names.insert(&s.name) {
@@ -318,7 +373,8 @@ impl Config {
         out
     }
 
-    /// Applies `BACKSTOP_DATABASE_URL`, then `DATABASE_URL`, then `BACKSTOP_STORAGE_URL`.
+    /// Applies `BACKSTOP_DATABASE_URL`, then `DATABASE_URL`, then `BACKSTOP_STORAGE_URL` and
+    /// `BACKSTOP_SERVER_TOKEN` (secrets belong in the service's environment file).
     pub fn apply_env(&mut self, env: &Env) {
         if let Some(url) = env
             .get("BACKSTOP_DATABASE_URL")
@@ -329,6 +385,9 @@ impl Config {
         }
         if let Some(url) = env.get("BACKSTOP_STORAGE_URL").filter(|u| !u.is_empty()) {
             self.storage.url = Some(url.clone());
+        }
+        if let Some(token) = env.get("BACKSTOP_SERVER_TOKEN").filter(|t| !t.is_empty()) {
+            self.server.token = Some(Secret(token.clone()));
         }
     }
 }
@@ -462,6 +521,29 @@ mod tests {
         assert_eq!(c.backup.tables, vec!["tasks".to_string()]);
         assert_eq!(c.schedules.len(), 1);
         assert_eq!(c.retention.keep_last, Some(7));
+    }
+
+    #[test]
+    fn webhook_urls_are_checked_without_printing_them() {
+        for (url, ok) in [
+            ("https://hc-ping.com/5f1b2c", true),
+            ("http://127.0.0.1:8080/ping?x=1", true),
+            ("hc-ping.com/5f1b2c", false),
+            ("ftp://example.com/x", false),
+            ("https:///path", false),
+            ("https://host/a b", false),
+        ] {
+            assert_eq!(webhook_url_problem(url).is_none(), ok, "{url}");
+        }
+        let text = "[notify]\non_start = \"https://hc-ping.com/ok/start\"\non_failure = \"hc-ping.com/secret-uuid/fail\"\n";
+        let err = Config::parse(text, "b.toml").unwrap_err();
+        assert_eq!(ExitCode::of(&err), ExitCode::Usage);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("[notify] on_failure is not an absolute URL"),
+            "{msg}"
+        );
+        assert!(!msg.contains("secret-uuid"), "{msg}");
     }
 
     #[test]

@@ -32,6 +32,20 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind's name as JSON, logs and the `reason` label of metrics spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Usage => "usage",
+            Kind::Verification => "verification",
+            Kind::Refused => "refused",
+            Kind::LockHeld => "lock_held",
+            Kind::DatabaseUnavailable => "database_unavailable",
+            Kind::StoreUnavailable => "store_unavailable",
+            Kind::Interrupted => "interrupted",
+            Kind::Internal => "internal",
+        }
+    }
+
     /// The process exit code DESIGN.md documents: 2 usage, 3 verification, 4 refused, 1 else.
     pub fn exit_code(self) -> ExitCode {
         match self {
@@ -212,6 +226,8 @@ mod tests {
             assert_eq!(kind.exit_code() as i32, exit, "{kind:?}");
             assert_eq!(kind.http_status(), http, "{kind:?}");
             assert_eq!(kind.is_transient(), transient, "{kind:?}");
+            // The name in metrics and logs is the name in JSON.
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.name(), "{kind:?}");
         }
     }
 }

@@ -3,8 +3,6 @@
 
 mod cli;
 
-use std::io::IsTerminal;
-
 use backstop::context::OpContext;
 use backstop::error::{kind_of, ExitCode};
 use clap::Parser;
@@ -41,13 +39,7 @@ fn main() -> std::process::ExitCode {
         (false, 1) => tracing::Level::DEBUG,
         (false, _) => tracing::Level::TRACE,
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_max_level(level)
-        .with_target(false)
-        .without_time()
-        .init();
+    cli::log::init(level, matches!(cli.command, cli::Command::Serve));
     // Row values in PostgreSQL's messages (a duplicate key, a COPY line) only with -v.
     backstop::pg::show_row_values(cli.verbose > 0);
     let json = cli.json;

@@ -61,6 +61,16 @@ impl Schedule {
             .map(|n| n.with_timezone(&Utc))
     }
 
+    /// The latest slot at or before `t`: after a long outage the slot to catch up on, found
+    /// without walking through every slot in between.
+    pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = t.with_timezone(&self.timezone);
+        self.cron
+            .find_previous_occurrence(&local, true)
+            .ok()
+            .map(|n| n.with_timezone(&Utc))
+    }
+
     /// Every slot in `(from, to]`, oldest first, at most `limit` of them (a daemon that was
     /// down for a year must not list every second of it).
     pub fn slots_between(
@@ -150,6 +160,24 @@ mod tests {
             s.next_after(utc("2026-07-10T00:00:00Z")),
             Some(utc("2026-07-10T00:30:00Z"))
         );
+    }
+
+    #[test]
+    fn the_latest_slot_is_found_without_walking_a_long_outage() {
+        let s = schedule("0 0 3 * * *", Some("Europe/Berlin")).unwrap();
+        // 03:00 Berlin on 30 March 2026 is 01:00 UTC (summer time began the day before).
+        assert_eq!(
+            s.latest_at_or_before(utc("2026-03-30T12:00:00Z")),
+            Some(utc("2026-03-30T01:00:00Z"))
+        );
+        // Inclusive: a slot exactly now is the latest.
+        assert_eq!(
+            s.latest_at_or_before(utc("2026-03-30T01:00:00Z")),
+            Some(utc("2026-03-30T01:00:00Z"))
+        );
+        let every_second = schedule("* * * * * *", None).unwrap();
+        let now = utc("2027-01-01T00:00:00Z");
+        assert_eq!(every_second.latest_at_or_before(now), Some(now));
     }
 
     #[test]

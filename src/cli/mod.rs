@@ -6,6 +6,7 @@
 
 mod backup;
 mod fmt;
+pub mod log;
 mod migrate;
 mod progress;
 mod rollback_test;

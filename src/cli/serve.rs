@@ -1,61 +1,83 @@
-//! `serve`: the daemon's scheduler. Each `[[schedule]]` gets a loop that sleeps until its
-//! next slot (in steps, so a changed clock is noticed) and runs it through the same backup
-//! and retention operations as the command line; the database decides which instance runs
-//! a slot. Ctrl-C or SIGTERM cancels the operation context: nothing new starts, a running
-//! backup stops cleanly (upload aborted, no manifest), and `serve` exits 0.
+//! `serve`: the daemon. It loads the configuration, answers over HTTP at once (health,
+//! readiness naming what is missing, metrics), waits for the database and the store, then
+//! runs the schedules (see `scheduler`) and tells systemd it is ready. SIGHUP re-reads the
+//! configuration and replaces the schedules; a bad file is logged and the running one kept.
+//! Ctrl-C or SIGTERM cancels the operation context: nothing new starts, a running backup
+//! stops cleanly (upload aborted, no manifest), and `serve` exits 0.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use backstop::context::OpContext;
 use backstop::error::{usage, ExitCode};
-use backstop::ops::scheduled::{record_missed, run_slot, SlotOutcome};
 use backstop::ops::Workspace;
 use backstop::schedule::Schedule;
-use chrono::Utc;
+use tokio_util::task::TaskTracker;
 
 use super::{Ctx, Output};
 
 mod http;
 mod metrics;
+mod scheduler;
+mod webhook;
 
 use metrics::Metrics;
+use scheduler::{Scheduler, Shared};
+use webhook::Webhooks;
 
-/// The longest single sleep: a clock that jumps is noticed within this.
-const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// How long shutdown waits for webhook calls still going out.
+const WEBHOOK_DRAIN: Duration = Duration::from_secs(5);
 
-pub async fn run(ctx: &Ctx) -> anyhow::Result<Output> {
-    let ws = Arc::new(ctx.workspace()?);
+/// A configuration the daemon can run: the workspace and its parsed schedules.
+struct Loaded {
+    ws: Arc<Workspace>,
+    schedules: Vec<Schedule>,
+}
+
+/// Reads and checks the configuration for serving; every problem is a usage error naming
+/// the file and key (or schedule).
+fn load(path: Option<&Path>) -> anyhow::Result<Loaded> {
+    let ws = Workspace::load(path)?;
     let mut schedules = Vec::new();
+    let mut problems = Vec::new();
     for s in &ws.config().schedules {
         match Schedule::parse(s) {
             Ok(s) => schedules.push(s),
-            Err(e) => return usage(e),
+            Err(e) => problems.push(e),
         }
+    }
+    if !problems.is_empty() {
+        return usage(problems.join("; "));
     }
     if schedules.is_empty() {
         return usage("serve has nothing to do: the configuration has no [[schedule]]; add one (see config/backstop.example.toml)");
     }
+    Ok(Loaded {
+        ws: Arc::new(ws),
+        schedules,
+    })
+}
+
+pub async fn run(ctx: &Ctx) -> anyhow::Result<Output> {
+    let Loaded { ws, schedules } = load(ctx.config_path.as_deref())?;
     let instance = format!("{}:{}", hostname(), std::process::id());
     let op = ctx.op.clone();
-    let hangup = tokio::spawn(ignore_hangups(op.clone()));
     let names: Vec<String> = schedules.iter().map(|s| s.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&names));
-    let listen = &ws.config().server.listen;
-    let listener = match tokio::net::TcpListener::bind(listen).await {
+    // Signals are taken over before anything else, so a hangup never ends the process.
+    let mut hangups = hangups()?;
+    let listen = ws.config().server.listen.clone();
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
         Ok(l) => l,
         Err(e) => {
-            hangup.abort();
             return usage(format!(
                 "cannot listen on {listen} ([server] listen): {e}; pick a free address and port"
             ));
         }
     };
-    let app = http::app(Arc::new(http::Daemon {
-        ws: ws.clone(),
-        metrics: metrics.clone(),
-    }));
+    let daemon = Arc::new(http::Daemon::new(ws.clone(), metrics.clone(), op.clone()));
+    let app = http::app(daemon.clone());
     let http_op = op.clone();
     let server = tokio::spawn(async move {
         let stop = async move { http_op.cancelled().await };
@@ -68,43 +90,75 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Output> {
     });
     // /healthz and /readyz answer while the database or the store is still coming up.
     wait_for_dependencies(&ws, &op).await;
-    if op.is_cancelled() {
-        hangup.abort();
-        let _ = server.await;
-        return Ok(stopped());
+    let webhooks = TaskTracker::new();
+    if !op.is_cancelled() {
+        tracing::info!(
+            "serving {} schedule(s) as instance {instance}, HTTP on {listen}",
+            schedules.len()
+        );
+        let scheduler = Arc::new(Scheduler::new(Shared { instance, metrics }, op.clone()));
+        let hooks = Webhooks::new(&ws.config().notify, webhooks.clone());
+        scheduler.replace(ws, schedules, hooks);
+        notify(&[sd_notify::NotifyState::Ready]);
+        let watchdog = tokio::spawn({
+            let scheduler = scheduler.clone();
+            async move { scheduler.watchdog().await }
+        });
+        loop {
+            tokio::select! {
+                _ = hangups.recv() => reload(ctx, &daemon, &scheduler, &webhooks),
+                _ = op.cancelled() => break,
+            }
+        }
+        notify(&[sd_notify::NotifyState::Stopping]);
+        scheduler.join().await;
+        watchdog.abort();
     }
-    tracing::info!(
-        "serving {} schedule(s) as instance {instance}",
-        schedules.len()
-    );
-    let beats: Vec<Arc<Heartbeat>> = schedules.iter().map(|_| Arc::default()).collect();
-    let mut tasks = Vec::new();
-    for (schedule, beat) in schedules.into_iter().zip(&beats) {
-        let (ws, op, instance, beat) = (ws.clone(), op.child(), instance.clone(), beat.clone());
-        let metrics = metrics.clone();
-        tasks.push(tokio::spawn(async move {
-            schedule_loop(&ws, &schedule, &instance, &op, &beat, &metrics).await
-        }));
-    }
-    notify(&[sd_notify::NotifyState::Ready]);
-    let watchdog = tokio::spawn(watchdog(beats, op.clone()));
-    for t in tasks {
-        let _ = t.await;
-    }
-    watchdog.abort();
-    hangup.abort();
     let _ = server.await;
-    notify(&[sd_notify::NotifyState::Stopping]);
+    webhooks.close();
+    if tokio::time::timeout(WEBHOOK_DRAIN, webhooks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("webhook calls still going out after {WEBHOOK_DRAIN:?} were dropped");
+    }
     tracing::info!("stopped");
-    Ok(stopped())
-}
-
-fn stopped() -> Output {
-    Output {
+    Ok(Output {
         json: serde_json::json!({ "stopped": true }),
         text: String::new(),
         code: ExitCode::Success,
+    })
+}
+
+/// SIGHUP: re-reads the configuration; if it is good, the schedules, webhooks, database and
+/// store settings are replaced; if not, the problem is logged and everything runs on as it was.
+fn reload(ctx: &Ctx, daemon: &http::Daemon, scheduler: &Scheduler, webhooks: &TaskTracker) {
+    notify(&[sd_notify::NotifyState::Reloading]);
+    match load(ctx.config_path.as_deref()) {
+        Err(e) => tracing::error!(
+            "SIGHUP: the new configuration is not usable, so the running one is kept: {e:#}"
+        ),
+        Ok(Loaded { ws, schedules }) => {
+            let listen = &ws.config().server.listen;
+            if *listen != daemon.ws().config().server.listen {
+                tracing::warn!(
+                    "SIGHUP: [server] listen changed to {listen}; the HTTP side keeps its address until a restart"
+                );
+            }
+            let names: Vec<String> = schedules.iter().map(|s| s.name.clone()).collect();
+            let old = scheduler.names();
+            daemon.metrics.track(&names);
+            daemon.replace(ws.clone());
+            let hooks = Webhooks::new(&ws.config().notify, webhooks.clone());
+            scheduler.replace(ws, schedules, hooks);
+            tracing::info!(
+                "SIGHUP: configuration reloaded; schedules were [{}], now [{}]",
+                old.join(", "),
+                names.join(", ")
+            );
+        }
     }
+    notify(&[sd_notify::NotifyState::Ready]);
 }
 
 /// Tells systemd (when it started us with a notify socket); without one, does nothing.
@@ -132,166 +186,19 @@ async fn wait_for_dependencies(ws: &Workspace, op: &OpContext) {
     }
 }
 
-/// SIGHUP would end the process by default; until reloading is built, it is logged and
-/// otherwise ignored, so a stray hangup never stops the backups.
-async fn ignore_hangups(op: OpContext) {
+/// SIGHUP as a stream; taken over at start, since by default it would end the process.
+fn hangups() -> anyhow::Result<tokio::signal::unix::Signal> {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = hangups.recv() => tracing::warn!(
-                "SIGHUP: reloading the configuration is not implemented yet; restart the service to apply a changed configuration"
-            ),
-            _ = op.cancelled() => return,
-        }
-    }
+    Ok(signal(SignalKind::hangup())?)
 }
 
-/// A schedule loop's sign of life, for the watchdog.
-#[derive(Default)]
-struct Heartbeat {
-    /// Unix seconds of the loop's last wake.
-    at: AtomicI64,
-    /// A slot is running (a long backup is not a hang).
-    running: AtomicBool,
-}
-
-impl Heartbeat {
-    fn beat(&self) {
-        self.at.store(Utc::now().timestamp(), Ordering::Relaxed);
-    }
-
-    fn alive(&self) -> bool {
-        self.running.load(Ordering::Relaxed)
-            || Utc::now().timestamp() - self.at.load(Ordering::Relaxed)
-                <= 2 * MAX_SLEEP.as_secs() as i64
-    }
-}
-
-/// Pings systemd's watchdog (when it set one) while every schedule loop is alive, so a hung
-/// scheduler is restarted.
-async fn watchdog(beats: Vec<Arc<Heartbeat>>, op: OpContext) {
-    let Some(limit) = sd_notify::watchdog_enabled() else {
-        return;
-    };
-    let every = (limit / 2).max(Duration::from_millis(100));
-    loop {
-        if beats.iter().all(|b| b.alive()) {
-            notify(&[sd_notify::NotifyState::Watchdog]);
-        } else {
-            tracing::error!(
-                "a schedule loop stopped answering; the watchdog will restart the service"
-            );
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = op.cancelled() => return,
-        }
-    }
-}
-
-async fn schedule_loop(
-    ws: &Workspace,
-    schedule: &Schedule,
-    instance: &str,
-    op: &OpContext,
-    beat: &Heartbeat,
-    metrics: &Metrics,
-) {
-    beat.beat();
-    let mut catch_up = None;
-    match record_missed(ws, schedule, Utc::now(), instance).await {
-        Ok((missed, latest)) => {
-            metrics.missed(&schedule.name, missed.len() as u64);
-            if !missed.is_empty() {
-                tracing::warn!(
-                    "schedule {}: {} slot(s) passed while no instance ran; they are recorded as missed",
-                    schedule.name,
-                    missed.len()
-                );
-            }
-            if let Some(slot) = latest {
-                tracing::warn!(
-                    "schedule {}: slot {slot} passed while no instance ran; running it now (catch_up = \"latest\")",
-                    schedule.name
-                );
-                catch_up = Some(slot);
-            }
-        }
-        Err(e) => tracing::warn!(
-            "schedule {}: could not check for missed slots: {e:#}",
-            schedule.name
-        ),
-    }
-    let mut after = Utc::now();
-    while !op.is_cancelled() {
-        let Some(slot) = catch_up.take().or_else(|| schedule.next_after(after)) else {
-            tracing::warn!("schedule {} has no future slot; it stops", schedule.name);
-            return;
-        };
-        metrics.next(&schedule.name, slot);
-        // Sleep until the slot, in bounded steps, or until cancelled.
-        loop {
-            beat.beat();
-            let now = Utc::now();
-            if now >= slot {
-                break;
-            }
-            let wait = (slot - now).to_std().unwrap_or_default().min(MAX_SLEEP);
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = op.cancelled() => return,
-            }
-        }
-        after = after.max(slot);
-        let started = std::time::Instant::now();
-        beat.running.store(true, Ordering::Relaxed);
-        let outcome = run_slot(ws, schedule, slot, instance, op).await;
-        beat.running.store(false, Ordering::Relaxed);
-        beat.beat();
-        let secs = started.elapsed().as_secs_f64();
-        match outcome {
-            Ok(SlotOutcome::TakenElsewhere) => {
-                tracing::debug!(
-                    "schedule {}: slot {slot} is run by another instance",
-                    schedule.name
-                )
-            }
-            Ok(SlotOutcome::Done {
-                backup_id,
-                rows,
-                bytes,
-                pruned,
-                kept,
-            }) => {
-                metrics.succeeded(&schedule.name, &backup_id, rows, bytes, secs, kept);
-                tracing::info!(
-                    "schedule {}: slot {slot} backed up as {backup_id} ({rows} rows, {bytes} bytes stored, {secs:.1}s); retention removed {pruned} backup(s)",
-                    schedule.name
-                )
-            }
-            Err(e) => {
-                let kind = backstop::error::kind_of(&e);
-                let reason = serde_json::to_value(kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_else(|| "internal".into());
-                metrics.failed(&schedule.name, &reason, &format!("{e:#}"), secs);
-                tracing::error!(
-                    "schedule {}: slot {slot} failed: {e:#}; the next slot tries again",
-                    schedule.name
-                )
-            }
-        }
-    }
-}
-
+/// The host's name, for telling instances apart in the slots table; `/etc/hostname` when
+/// the unit's `ProcSubset=pid` hides `/proc/sys`.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
         .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
+        .find(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
 }

@@ -15,6 +15,9 @@ use crate::ledger::{Ledger, SlotState};
 use crate::pg::lock::MigrationLock;
 use crate::schedule::Schedule;
 
+/// The most missed slots one start records one by one.
+const MISSED_RECORDED: usize = 1000;
+
 /// What running a slot did.
 #[derive(Debug, Clone, Serialize)]
 pub enum SlotOutcome {
@@ -31,14 +34,15 @@ pub enum SlotOutcome {
     },
 }
 
-/// Claims `slot` of `schedule` for `instance` and, if it was free, backs up and prunes.
-/// A failure is recorded with the slot and returned; the next slot tries again.
+/// Claims `slot` of `schedule` for `instance` and, if it was free, calls `started` and backs
+/// up and prunes. A failure is recorded with the slot and returned; the next slot tries again.
 pub async fn run_slot(
     ws: &Workspace,
     schedule: &Schedule,
     slot: DateTime<Utc>,
     instance: &str,
     ctx: &OpContext,
+    started: impl FnOnce(),
 ) -> anyhow::Result<SlotOutcome> {
     let config = ws.config();
     let db = ws.database()?;
@@ -51,6 +55,7 @@ pub async fn run_slot(
     {
         return Ok(SlotOutcome::TakenElsewhere);
     }
+    started();
     let backup = async {
         let store = ws.store().await?;
         let options = BackupOptions {
@@ -123,6 +128,30 @@ pub async fn run_slot(
     work
 }
 
+/// Records as missed the slots of `schedule` after `slot` and up to `until` that no instance
+/// took while this one was running `slot`; returns them, oldest first.
+pub async fn record_overrun(
+    ws: &Workspace,
+    schedule: &Schedule,
+    slot: DateTime<Utc>,
+    until: DateTime<Utc>,
+    instance: &str,
+) -> anyhow::Result<Vec<DateTime<Utc>>> {
+    let db = ws.database()?;
+    let client = db.connect().await?;
+    let ledger = Ledger::new(&ws.config().database.schema);
+    let mut missed = Vec::new();
+    for passed in schedule.slots_between(slot, until, MISSED_RECORDED) {
+        if ledger
+            .claim_slot(&client, &schedule.name, passed, instance, SlotState::Missed)
+            .await?
+        {
+            missed.push(passed);
+        }
+    }
+    Ok(missed)
+}
+
 /// Records the slots of `schedule` that passed while no instance ran, from the last one on
 /// record up to `now`, and returns them, oldest first. With `catch_up = "latest"` the latest
 /// of them is not recorded but returned apart, for the caller to run.
@@ -139,7 +168,15 @@ pub async fn record_missed(
     let Some(last) = ledger.last_slot(&client, &schedule.name).await? else {
         return Ok((Vec::new(), None)); // a new schedule missed nothing
     };
-    let mut passed = schedule.slots_between(last, now, 1000);
+    let Some(latest) = schedule.latest_at_or_before(now).filter(|l| *l > last) else {
+        return Ok((Vec::new(), None));
+    };
+    // Each passed slot is recorded, up to a bound (a schedule of every second down for a
+    // year must not write millions of rows); the latest is always among them.
+    let mut passed = schedule.slots_between(last, latest, MISSED_RECORDED);
+    if passed.last() != Some(&latest) {
+        passed.push(latest);
+    }
     let latest = match schedule.catch_up {
         CatchUp::Latest => passed.pop(),
         CatchUp::None => None,

@@ -116,6 +116,7 @@ async fn config_check_names_every_problem_at_once() {
              [[schedule]]\nname = \"nightly\"\ncron = \"0 3 * * *\"\n\n\
              [[schedule]]\nname = \"berlin\"\ncron = \"0 0 3 * * *\"\ntimezone = \"Europe/Berlim\"\n\n\
              [[schedule]]\nname = \"hourly\"\ncron = \"0 0 * * * *\"\ntables = [\"tasks\", \"nope\"]\n\n\
+             [notify]\non_failure = \"hc-ping.com/secret-uuid/fail\"\n\n\
              [server]\nlisten = \"localhost\"\n",
             db.url
         ),
@@ -129,10 +130,12 @@ async fn config_check_names_every_problem_at_once() {
         "timezone \"Europe/Berlim\" is not an IANA time zone",
         "[server] listen \"localhost\" is not an address",
         "[[schedule]] \"hourly\" names table \"nope\"",
-        "5 problem(s)",
+        "[notify] on_failure is not an absolute URL",
+        "6 problem(s)",
     ] {
         assert!(r.stdout.contains(text), "missing {text:?} in\n{r}");
     }
+    assert!(!r.stdout.contains("secret-uuid"), "{r}");
     assert!(!r.stdout.contains("\"tasks\""), "{r}");
 
     let good = p.path().join("good.toml");

@@ -3,6 +3,7 @@
 
 mod backup;
 mod bounded;
+mod cluster;
 mod common;
 mod config;
 mod downgrade;

@@ -8,6 +8,7 @@ use std::process::Command;
 use backstop::config::DatabaseConfig;
 use backstop::pg::Database;
 
+use crate::cluster::{as_owner, is_root, pg_bindir, run_ok};
 use crate::common::*;
 
 const PASSWORD: &str = "Tls-Te5t-pw";
@@ -16,51 +17,6 @@ struct TlsCluster {
     dir: tempfile::TempDir,
     bindir: PathBuf,
     port: u16,
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false)
-}
-
-/// Runs a PostgreSQL server program as a non-root user (they refuse to run as root).
-fn as_owner(program: &Path) -> Command {
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-fn run_ok(c: &mut Command) {
-    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{c:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn pg_bindir() -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL server binaries under /usr/lib/postgresql (scripts/test installs them)")
-        .map(|e| e.unwrap().path().join("bin"))
-        .filter(|p| p.join("initdb").exists())
-        .collect();
-    dirs.sort_by_key(|p| {
-        p.parent()
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    dirs.pop().expect("no initdb found")
 }
 
 fn free_port() -> u16 {

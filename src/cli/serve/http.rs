@@ -1,23 +1,57 @@
 //! The daemon's HTTP side on `[server] listen`: health for supervisors, readiness naming the
-//! dependency that does not answer, Prometheus metrics, schedule status and the backup list.
-//! `app` is a plain function of the state, so it needs no socket to be understood.
+//! dependency that does not answer, Prometheus metrics, schedule status, the backup list, and
+//! "back up now" for whoever holds the bearer token. `app` is a plain function of the state,
+//! so it needs no socket to be understood.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use backstop::backup::manifest::Kind;
+use backstop::context::OpContext;
+use backstop::ops::backup::{take, BackupOptions};
 use backstop::ops::list::list;
 use backstop::ops::Workspace;
+use serde::Deserialize;
+use tokio::sync::Mutex;
 
 use super::metrics::Metrics;
 
-/// What the handlers share.
+/// What the handlers share. The workspace is replaced when SIGHUP brings a new configuration.
 pub struct Daemon {
-    pub ws: Arc<Workspace>,
+    current: RwLock<Arc<Workspace>>,
     pub metrics: Arc<Metrics>,
+    /// The daemon's operation context: a backup asked for over HTTP stops at shutdown.
+    op: OpContext,
+    /// Held while a backup asked for over HTTP runs: one at a time.
+    manual: Mutex<()>,
+}
+
+impl Daemon {
+    pub fn new(ws: Arc<Workspace>, metrics: Arc<Metrics>, op: OpContext) -> Daemon {
+        Daemon {
+            current: RwLock::new(ws),
+            metrics,
+            op,
+            manual: Mutex::new(()),
+        }
+    }
+
+    /// The configuration in force now.
+    pub fn ws(&self) -> Arc<Workspace> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn replace(&self, ws: Arc<Workspace>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = ws;
+    }
 }
 
 pub fn app(state: Arc<Daemon>) -> Router {
@@ -26,12 +60,12 @@ pub fn app(state: Arc<Daemon>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
-        .route("/v1/backups", get(backups))
+        .route("/v1/backups", get(backups).post(back_up_now))
         .with_state(state)
 }
 
 async fn readyz(State(d): State<Arc<Daemon>>) -> Response {
-    let problems = d.ws.unavailable().await;
+    let problems = d.ws().unavailable().await;
     if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -59,24 +93,164 @@ async fn status(State(d): State<Arc<Daemon>>) -> Response {
 }
 
 async fn backups(State(d): State<Arc<Daemon>>) -> Response {
+    let ws = d.ws();
     let listed = async {
-        let store = d.ws.store().await?;
-        let db = d.ws.database().ok();
-        let schema = d.ws.config().database.schema.clone();
+        let store = ws.store().await?;
+        let db = ws.database().ok();
+        let schema = ws.config().database.schema.clone();
         list(&*store, db.as_ref().map(|db| (db, schema.as_str()))).await
     }
     .await;
     match listed {
         Ok(l) => Json(l.to_json()).into_response(),
-        Err(e) => {
-            let kind = backstop::error::kind_of(&e);
-            let status = StatusCode::from_u16(kind.http_status())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            (
-                status,
-                Json(serde_json::json!({ "error": format!("{e:#}"), "kind": kind })),
-            )
-                .into_response()
+        Err(e) => failure(&e),
+    }
+}
+
+/// An operation's error as JSON, with the status its kind maps to.
+fn failure(e: &anyhow::Error) -> Response {
+    let kind = backstop::error::kind_of(e);
+    let status =
+        StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        Json(serde_json::json!({ "error": format!("{e:#}"), "kind": kind })),
+    )
+        .into_response()
+}
+
+fn refusal(status: StatusCode, kind: &str, error: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "error": error, "kind": kind })),
+    )
+        .into_response()
+}
+
+/// What `POST /v1/backups` may carry; an empty body backs up what `backup` would.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupRequest {
+    #[serde(default)]
+    tables: Vec<String>,
+    label: Option<String>,
+}
+
+/// `POST /v1/backups`: a `manual` backup now, as `backstop backup` takes it; the answer is
+/// its manifest, as `backup --json` prints it.
+async fn back_up_now(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Bytes) -> Response {
+    let ws = d.ws();
+    let Some(token) = ws
+        .config()
+        .server
+        .token
+        .as_ref()
+        .filter(|t| !t.0.is_empty())
+    else {
+        // Off unless configured: the endpoint does not exist for anyone.
+        return refusal(
+            StatusCode::NOT_FOUND,
+            "usage",
+            "POST /v1/backups is off: set [server] token (or BACKSTOP_SERVER_TOKEN) to turn it on",
+        );
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !same_secret(given.trim().as_bytes(), token.0.as_bytes()) {
+        let mut answer = refusal(
+            StatusCode::UNAUTHORIZED,
+            "usage",
+            "a missing or wrong bearer token: send Authorization: Bearer <[server] token>",
+        );
+        answer.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return answer;
+    }
+    let request: BackupRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        BackupRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return refusal(
+                    StatusCode::BAD_REQUEST,
+                    "usage",
+                    &format!("the body is not a backup request ({e}); send {{}} or {{\"tables\": [\"t\"], \"label\": \"...\"}}"),
+                )
+            }
         }
+    };
+    let Ok(_one_at_a_time) = d.manual.try_lock() else {
+        return refusal(
+            StatusCode::CONFLICT,
+            "lock_held",
+            "a backup asked for over HTTP is still running; wait for its answer",
+        );
+    };
+    let taken = async {
+        let db = ws.database()?;
+        let store = ws.store().await?;
+        let config = ws.config();
+        let options = BackupOptions {
+            kind: Kind::Manual,
+            tables: request.tables,
+            label: request.label,
+            target_revision: None,
+            every_schema: false,
+        };
+        take(
+            &db,
+            &config.database,
+            &config.backup,
+            &*store,
+            &options,
+            &d.op.child(),
+        )
+        .await
+    }
+    .await;
+    match taken {
+        Ok(m) => {
+            tracing::info!(
+                "backup {} taken over HTTP ({} rows, {} bytes stored)",
+                m.id,
+                m.rows(),
+                m.compressed_bytes()
+            );
+            (StatusCode::CREATED, Json(m)).into_response()
+        }
+        Err(e) => {
+            tracing::error!("a backup asked for over HTTP failed: {e:#}");
+            failure(&e)
+        }
+    }
+}
+
+/// Compares a presented token with the configured one in time that does not depend on where
+/// they differ, so the token cannot be guessed byte by byte.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    let mut differ = given.len() ^ expected.len();
+    for (i, e) in expected.iter().enumerate() {
+        differ |= usize::from(given.get(i).copied().unwrap_or(0) ^ e);
+    }
+    differ == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn tokens_match_only_when_equal() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cre", b"s3cret"));
+        assert!(!same_secret(b"s3cret!", b"s3cret"));
+        assert!(!same_secret(b"", b"s3cret"));
+        assert!(!same_secret(b"S3cret", b"s3cret"));
     }
 }

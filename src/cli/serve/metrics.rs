@@ -75,12 +75,7 @@ impl Metrics {
             bytes: Family::default(),
             rows: Family::default(),
             in_store: Gauge::default(),
-            status: Mutex::new(
-                schedules
-                    .iter()
-                    .map(|s| (s.clone(), ScheduleStatus::default()))
-                    .collect(),
-            ),
+            status: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -135,16 +130,37 @@ impl Metrics {
             })
             .set(1);
         registry.register("backstop_build_info", "The running version", build);
+        let m = Metrics { registry, ..m };
+        m.track(schedules);
+        m
+    }
+
+    /// Follows these schedules from now on (at start, and after a reload): their series
+    /// exist at once, so a dashboard sees zeros, not gaps; a schedule no longer configured
+    /// leaves the status and has no next run.
+    pub fn track(&self, schedules: &[String]) {
         for s in schedules {
-            // Every series exists from the start, so a dashboard sees zeros, not gaps.
             let label = Schedule {
                 schedule: s.clone(),
             };
-            let _ = m.missed.get_or_create(&label);
-            let _ = m.bytes.get_or_create(&label);
-            let _ = m.rows.get_or_create(&label);
+            let _ = self.missed.get_or_create(&label);
+            let _ = self.bytes.get_or_create(&label);
+            let _ = self.rows.get_or_create(&label);
         }
-        Metrics { registry, ..m }
+        if let Ok(mut all) = self.status.lock() {
+            let gone: Vec<String> = all
+                .keys()
+                .filter(|k| !schedules.contains(k))
+                .cloned()
+                .collect();
+            for k in gone {
+                all.remove(&k);
+                self.next_run.remove(&Schedule { schedule: k });
+            }
+            for s in schedules {
+                all.entry(s.clone()).or_default();
+            }
+        }
     }
 
     fn with_status(&self, schedule: &str, f: impl FnOnce(&mut ScheduleStatus)) {

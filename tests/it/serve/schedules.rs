@@ -1,106 +1,10 @@
-//! `serve`, the real binary as a daemon: schedules that produce backups, several instances
-//! on one database backing each slot up once, and a clean stop on SIGTERM.
+//! Schedules: backups every two seconds, one backup per slot across instances, time zones,
+//! runs longer than their interval, missed slots, migrations, systemd and signals.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use crate::common::*;
-
-/// A project whose one schedule fires every two seconds.
-async fn scheduled(db: &TestDb, store: &TestStore) -> Project {
-    let mut p = Project::new(db);
-    p.use_store(store);
-    // The section name becomes `[[schedule]]` in the file.
-    p.set_section("[schedule]", "name = \"fast\"\ncron = \"*/2 * * * * *\"");
-    p.ok(&["upgrade"]);
-    db.client()
-        .await
-        .batch_execute(
-            "INSERT INTO tasks (title, user_id) SELECT 'task ' || g, 'u' FROM generate_series(1, 100) g",
-        )
-        .await
-        .unwrap();
-    p
-}
-
-/// A free loopback port for one daemon's HTTP side.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts `serve` with an HTTP port of its own; returns the process and the port.
-fn start_http(p: &mut Project) -> (Child, u16) {
-    let port = free_port();
-    p.set_section("server", &format!("listen = \"127.0.0.1:{port}\""));
-    let child = start(p);
-    // Until it listens, it may not have read its configuration: the next start rewrites it.
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "serve never listened on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, port)
-}
-
-fn start(p: &Project) -> Child {
-    let child = p
-        .cmd(&["serve"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Precondition: the process is the binary itself, not a shell around it.
-    let exe = std::fs::read_link(format!("/proc/{}/exe", child.id())).unwrap();
-    assert!(exe.ends_with("backstop"), "{exe:?}");
-    child
-}
-
-/// SIGTERM, then the exit code and stderr; fails if it does not end within 15 s.
-fn stop(child: Child) -> (Option<i32>, String) {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = exit_within(child, Duration::from_secs(15), "serve after SIGTERM");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-async fn slots_done(db: &TestDb) -> (i64, i64) {
-    let row = db
-        .client()
-        .await
-        .query_one(
-            "SELECT count(*) FILTER (WHERE state = 'done'), count(DISTINCT slot) FILTER (WHERE state = 'done')
-             FROM backstop_schedule_slots WHERE schedule = 'fast'",
-            &[],
-        )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1))
-}
-
-fn scheduled_backups(p: &Project) -> Vec<serde_json::Value> {
-    let (_, v) = p.json(&["backups", "list"]);
-    v["backups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|b| b["kind"] == "scheduled")
-        .cloned()
-        .collect()
-}
+use super::*;
 
 #[tokio::test]
 async fn an_every_two_seconds_schedule_produces_backups_and_stops_cleanly() {
@@ -270,32 +174,6 @@ fn the_systemd_unit_verifies_and_is_sandboxed() {
 }
 
 #[tokio::test]
-async fn a_hangup_does_not_stop_the_daemon() {
-    let store = TestStore::dir();
-    let db = TestDb::new().await;
-    let mut p = scheduled(&db, &store).await;
-    let (mut child, _) = start_http(&mut p);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let hup = Command::new("kill")
-        .arg("-HUP")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(hup.success());
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(child.try_wait().unwrap().is_none(), "SIGHUP ended serve");
-    let before = scheduled_backups(&p).len();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (code, stderr) = stop(child);
-    assert_eq!(code, Some(0), "{stderr}");
-    assert!(stderr.contains("SIGHUP"), "{stderr}");
-    assert!(
-        scheduled_backups(&p).len() > before,
-        "no backup after the hangup\n{stderr}"
-    );
-}
-
-#[tokio::test]
 async fn a_restart_records_missed_slots_and_runs_the_latest_once() {
     let store = TestStore::dir();
     let db = TestDb::new().await;
@@ -380,98 +258,117 @@ async fn scheduled_backups_wait_for_migrations_and_never_interleave() {
     );
 }
 
-/// `GET path` over plain HTTP/1.1: (status, body).
-fn get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+/// `S M H * * *` for `at` as the wall clock of `zone` shows it.
+fn daily_cron_at(at: chrono::DateTime<chrono::Utc>, zone: chrono_tz::Tz) -> String {
+    use chrono::Timelike;
+    let local = at.with_timezone(&zone);
+    format!(
+        "{} {} {} * * *",
+        local.second(),
+        local.minute(),
+        local.hour()
     )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let status = raw[9..12].parse().unwrap();
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// The value of one sample in a Prometheus text exposition.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l[series.len()..].trim().parse().ok())
 }
 
 #[tokio::test]
-async fn health_readiness_metrics_and_status_over_http() {
+async fn schedules_in_other_time_zones_fire_at_their_own_wall_clock() {
+    use chrono::{DurationRound, TimeDelta, Utc};
     let store = TestStore::dir();
     let db = TestDb::new().await;
     let mut p = scheduled(&db, &store).await;
-    let (child, port) = start_http(&mut p);
-    // Wait for the HTTP side, then for a run to show in the metrics.
-    let started = Instant::now();
-    let mut metrics = String::new();
-    loop {
-        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            drop(s);
-            let (code, body) = get(port, "/metrics");
-            assert_eq!(code, 200, "{body}");
-            metrics = body;
-            let runs = sample(
-                &metrics,
-                "backstop_schedule_runs_total{schedule=\"fast\",result=\"success\"}",
-            );
-            if runs.unwrap_or(0.0) >= 1.0 {
-                break;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no successful run in the metrics:\n{metrics}"
-        );
+    // One instant, written as the wall clock of two zones with odd offsets (+05:45, and
+    // -03:30 or -02:30): read in UTC either cron would be hours away.
+    let at = Utc::now().duration_trunc(TimeDelta::seconds(1)).unwrap() + TimeDelta::seconds(8);
+    let zones = [
+        ("kathmandu", chrono_tz::Asia::Kathmandu),
+        ("st_johns", chrono_tz::America::St_Johns),
+    ];
+    let entries: Vec<String> = zones
+        .iter()
+        .map(|(name, zone)| {
+            format!(
+                "name = \"{name}\"\ncron = \"{}\"\ntimezone = \"{}\"",
+                daily_cron_at(at, *zone),
+                zone.name()
+            )
+        })
+        .collect();
+    // `set_section` writes `[[schedule]]`; the second entry follows in the same section.
+    p.set_section("[schedule]", &entries.join("\n\n[[schedule]]\n"));
+    let (child, _) = start_http(&mut p);
+    while Utc::now() < at + TimeDelta::seconds(4) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(get(port, "/healthz").0, 200);
-    assert_eq!(get(port, "/readyz").0, 200);
-    for series in [
-        "backstop_schedule_last_success_timestamp_seconds{schedule=\"fast\"}",
-        "backstop_schedule_last_duration_seconds{schedule=\"fast\"}",
-        "backstop_schedule_next_run_timestamp_seconds{schedule=\"fast\"}",
-        "backstop_backup_rows_total{schedule=\"fast\"}",
-        "backstop_backup_bytes_total{schedule=\"fast\"}",
-        "backstop_schedule_missed_slots_total{schedule=\"fast\"}",
-        "backstop_backups_in_store",
-    ] {
-        assert!(
-            sample(&metrics, series).is_some(),
-            "no {series} in\n{metrics}"
-        );
-    }
-    assert!(sample(&metrics, "backstop_backup_rows_total{schedule=\"fast\"}").unwrap() >= 100.0);
-    assert!(
-        metrics.contains("backstop_build_info{version="),
-        "{metrics}"
-    );
-    let (code, status) = get(port, "/v1/status");
-    assert_eq!(code, 200);
-    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(
-        status["schedules"]["fast"]["last_result"], "success",
-        "{status}"
-    );
-    let (code, listed) = get(port, "/v1/backups");
-    assert_eq!(code, 200);
-    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
-    assert!(
-        !listed["backups"].as_array().unwrap().is_empty(),
-        "{listed}"
-    );
-    assert!(!listed.to_string().contains(&db.url), "{listed}");
     let (code, stderr) = stop(child);
     assert_eq!(code, Some(0), "{stderr}");
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT schedule, slot, state FROM backstop_schedule_slots ORDER BY schedule",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, chrono::DateTime<Utc>, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("kathmandu".to_string(), at, "done".to_string()),
+            ("st_johns".to_string(), at, "done".to_string()),
+        ],
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_run_longer_than_its_interval_neither_overlaps_nor_stops_the_schedule() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let p = scheduled(&db, &store).await;
+    // Holding the table makes the first backup wait about 7 s on a 2 s schedule.
+    let mut holder = db.client().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let child = start(&p);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    tx.rollback().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (code, stderr) = stop(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    let c = db.client().await;
+    let runs: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = c
+        .query(
+            "SELECT started_at, finished_at FROM backstop_schedule_slots
+             WHERE state = 'done' ORDER BY slot",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    // The first run waited for the table; runs followed it; none overlapped another.
+    assert!(runs.len() >= 3, "{runs:?}\n{stderr}");
+    let longest = runs.iter().map(|(s, f)| *f - *s).max().unwrap();
+    assert!(longest >= chrono::TimeDelta::seconds(3), "{runs:?}");
+    for pair in runs.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "runs overlap: {pair:?}");
+    }
+    let missed: i64 = c
+        .query_one(
+            "SELECT count(*) FROM backstop_schedule_slots WHERE state = 'missed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(missed >= 1, "{stderr}");
+    assert!(stderr.contains("passed while slot"), "{stderr}");
+    assert_eq!(scheduled_backups(&p).len(), runs.len());
 }

@@ -1,0 +1,71 @@
+//! Logging to stderr in the form its reader wants: under systemd's journal, one line per
+//! event with a syslog priority prefix (`<3>` error … `<7>` debug) and no timestamp or
+//! colour, since journald adds both; a daemon elsewhere gets UTC timestamps; a command
+//! gets bare lines.
+
+use std::io::IsTerminal;
+use std::os::unix::fs::MetadataExt;
+
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Sets up logging: `daemon` for `serve`, which runs unattended.
+pub fn init(level: Level, daemon: bool) {
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false);
+    if stderr_is_journal() {
+        builder.with_ansi(false).event_format(Journald).init();
+    } else if daemon {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .without_time()
+            .init();
+    }
+}
+
+/// True when stderr is the journal stream systemd connected (`JOURNAL_STREAM` names its
+/// device and inode); a child whose stderr was redirected elsewhere is not fooled.
+fn stderr_is_journal() -> bool {
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}
+
+/// `<6>message`: the priority prefix journald reads (SyslogLevelPrefix=, on by default).
+struct Journald;
+
+impl<S, N> FormatEvent<S, N> for Journald
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            Level::ERROR => 3,
+            Level::WARN => 4,
+            Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}

@@ -1,0 +1,305 @@
+//! The daemon's schedule loops. Each `[[schedule]]` gets a loop that sleeps until its next slot
+//! (in bounded steps, so a changed clock is noticed), runs it through the same backup and
+//! retention operations as the command line, and only then looks for the next slot: a
+//! schedule never overlaps itself, and slots that pass while a run is still going are recorded
+//! as missed rather than run in a burst. The database decides which instance runs a slot.
+//!
+//! A reload retires the loops (each finishes the slot it is running, then ends) and starts new
+//! ones; a shutdown cancels the operation context, which also stops a running backup cleanly.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backstop::context::OpContext;
+use backstop::ops::scheduled::{record_missed, record_overrun, run_slot, SlotOutcome};
+use backstop::ops::Workspace;
+use backstop::schedule::Schedule;
+use chrono::Utc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::Metrics;
+use super::webhook::Webhooks;
+
+/// The longest single sleep: a clock that jumps is noticed within this.
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+/// Slots younger than this, passed during a run, are left to another instance that may be
+/// taking them right now; older ones nobody took are recorded as missed.
+const OVERRUN_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+
+/// A schedule loop's sign of life, for the watchdog.
+#[derive(Default)]
+pub struct Heartbeat {
+    /// Unix seconds of the loop's last wake.
+    at: AtomicI64,
+    /// A slot is running (a long backup is not a hang).
+    running: AtomicBool,
+}
+
+impl Heartbeat {
+    fn beat(&self) {
+        self.at.store(Utc::now().timestamp(), Ordering::Relaxed);
+    }
+
+    fn alive(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+            || Utc::now().timestamp() - self.at.load(Ordering::Relaxed)
+                <= 2 * MAX_SLEEP.as_secs() as i64
+    }
+}
+
+/// What every loop shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub instance: String,
+    pub metrics: Arc<Metrics>,
+}
+
+struct Loop {
+    name: String,
+    retire: CancellationToken,
+    beat: Arc<Heartbeat>,
+    task: JoinHandle<()>,
+}
+
+/// The running schedule loops, including retired ones still finishing a slot.
+pub struct Scheduler {
+    shared: Shared,
+    op: OpContext,
+    loops: Arc<Mutex<Vec<Loop>>>,
+}
+
+impl Scheduler {
+    pub fn new(shared: Shared, op: OpContext) -> Scheduler {
+        Scheduler {
+            shared,
+            op,
+            loops: Arc::default(),
+        }
+    }
+
+    /// Starts a loop per schedule, after retiring the loops already running.
+    pub fn replace(&self, ws: Arc<Workspace>, schedules: Vec<Schedule>, hooks: Webhooks) {
+        let mut loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
+        for l in loops.iter() {
+            l.retire.cancel();
+        }
+        loops.retain(|l| !l.task.is_finished());
+        for schedule in schedules {
+            let retire = CancellationToken::new();
+            let beat = Arc::new(Heartbeat::default());
+            beat.beat();
+            let job = Job {
+                ws: ws.clone(),
+                schedule,
+                shared: self.shared.clone(),
+                hooks: hooks.clone(),
+                op: self.op.child(),
+                retire: retire.clone(),
+                beat: beat.clone(),
+            };
+            let name = job.schedule.name.clone();
+            loops.push(Loop {
+                name,
+                retire,
+                beat,
+                task: tokio::spawn(job.run()),
+            });
+        }
+    }
+
+    /// The schedules of the current (not retired) loops.
+    pub fn names(&self) -> Vec<String> {
+        let loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
+        loops
+            .iter()
+            .filter(|l| !l.retire.is_cancelled())
+            .map(|l| l.name.clone())
+            .collect()
+    }
+
+    /// True while every loop that has not ended answers.
+    fn alive(&self) -> bool {
+        let loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
+        loops
+            .iter()
+            .filter(|l| !l.task.is_finished())
+            .all(|l| l.beat.alive())
+    }
+
+    /// Waits for every loop to end (the operation context is cancelled by then).
+    pub async fn join(&self) {
+        let tasks: Vec<JoinHandle<()>> = {
+            let mut loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
+            loops.drain(..).map(|l| l.task).collect()
+        };
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Pings systemd's watchdog (when it set one) while every schedule loop is alive, so a
+    /// hung scheduler is restarted.
+    pub async fn watchdog(&self) {
+        let Some(limit) = sd_notify::watchdog_enabled() else {
+            return;
+        };
+        let every = (limit / 2).max(Duration::from_millis(100));
+        loop {
+            if self.alive() {
+                super::notify(&[sd_notify::NotifyState::Watchdog]);
+            } else {
+                tracing::error!(
+                    "a schedule loop stopped answering; the watchdog will restart the service"
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = self.op.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// One schedule's loop.
+struct Job {
+    ws: Arc<Workspace>,
+    schedule: Schedule,
+    shared: Shared,
+    hooks: Webhooks,
+    op: OpContext,
+    retire: CancellationToken,
+    beat: Arc<Heartbeat>,
+}
+
+impl Job {
+    fn stopping(&self) -> bool {
+        self.op.is_cancelled() || self.retire.is_cancelled()
+    }
+
+    async fn run(self) {
+        let name = &self.schedule.name;
+        let metrics = &self.shared.metrics;
+        let mut catch_up = self.missed_at_start().await;
+        let mut after = Utc::now();
+        while !self.stopping() {
+            let Some(slot) = catch_up.take().or_else(|| self.schedule.next_after(after)) else {
+                tracing::warn!("schedule {name} has no future slot; it stops");
+                return;
+            };
+            metrics.next(name, slot);
+            // Sleep until the slot, in bounded steps, or until cancelled or retired.
+            loop {
+                self.beat.beat();
+                let now = Utc::now();
+                if now >= slot {
+                    break;
+                }
+                let wait = (slot - now).to_std().unwrap_or_default().min(MAX_SLEEP);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.op.cancelled() => return,
+                    _ = self.retire.cancelled() => return,
+                }
+            }
+            self.run_one(slot).await;
+            // Slots that passed while this one ran are not run in a burst: the ones nobody
+            // took are recorded as missed, and the loop goes on from now.
+            let now = Utc::now();
+            after = slot.max(now - OVERRUN_GRACE);
+            if after > slot {
+                match record_overrun(&self.ws, &self.schedule, slot, after, &self.shared.instance)
+                    .await
+                {
+                    Ok(missed) if !missed.is_empty() => {
+                        metrics.missed(name, missed.len() as u64);
+                        tracing::warn!(
+                            "schedule {name}: {} slot(s) passed while slot {slot} ran; they are recorded as missed (the schedule is denser than its backups are long)",
+                            missed.len()
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(
+                        "schedule {name}: could not record the slots that passed during a run: {e:#}"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Records the slots that passed while no instance ran; returns the one to run now
+    /// (`catch_up = "latest"`).
+    async fn missed_at_start(&self) -> Option<chrono::DateTime<Utc>> {
+        let name = &self.schedule.name;
+        match record_missed(&self.ws, &self.schedule, Utc::now(), &self.shared.instance).await {
+            Ok((missed, latest)) => {
+                self.shared.metrics.missed(name, missed.len() as u64);
+                if !missed.is_empty() {
+                    tracing::warn!(
+                        "schedule {name}: {} slot(s) passed while no instance ran; they are recorded as missed",
+                        missed.len()
+                    );
+                }
+                if let Some(slot) = latest {
+                    tracing::warn!(
+                        "schedule {name}: slot {slot} passed while no instance ran; running it now (catch_up = \"latest\")"
+                    );
+                }
+                latest
+            }
+            Err(e) => {
+                tracing::warn!("schedule {name}: could not check for missed slots: {e:#}");
+                None
+            }
+        }
+    }
+
+    async fn run_one(&self, slot: chrono::DateTime<Utc>) {
+        let name = &self.schedule.name;
+        let metrics = &self.shared.metrics;
+        let started = std::time::Instant::now();
+        let hooks = self.hooks.run(name);
+        self.beat.running.store(true, Ordering::Relaxed);
+        let outcome = run_slot(
+            &self.ws,
+            &self.schedule,
+            slot,
+            &self.shared.instance,
+            &self.op,
+            || hooks.started(),
+        )
+        .await;
+        self.beat.running.store(false, Ordering::Relaxed);
+        self.beat.beat();
+        let secs = started.elapsed().as_secs_f64();
+        match outcome {
+            Ok(SlotOutcome::TakenElsewhere) => {
+                tracing::debug!("schedule {name}: slot {slot} is run by another instance")
+            }
+            Ok(SlotOutcome::Done {
+                backup_id,
+                rows,
+                bytes,
+                pruned,
+                kept,
+            }) => {
+                metrics.succeeded(name, &backup_id, rows, bytes, secs, kept);
+                hooks.succeeded(&backup_id, rows, bytes, secs);
+                tracing::info!(
+                    "schedule {name}: slot {slot} backed up as {backup_id} ({rows} rows, {bytes} bytes stored, {secs:.1}s); retention removed {pruned} backup(s)"
+                )
+            }
+            Err(e) => {
+                let reason = backstop::error::kind_of(&e).name();
+                let message = format!("{e:#}");
+                metrics.failed(name, reason, &message, secs);
+                hooks.failed(&message, secs);
+                tracing::error!(
+                    "schedule {name}: slot {slot} failed ({reason}): {message}; the next slot tries again"
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! What happens around the daemon: a reload with a good or a bad file, webhooks told of
+//! starts, successes and failures, a store that goes away, a database stopped and started
+//! under it, and logs written for the journal.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::http::{get, sample};
+use super::*;
+use crate::cluster::Cluster;
+
+fn hangup(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .arg("-HUP")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Scheduled backups of one schedule (its backups carry the label `schedule NAME`).
+fn backups_of(p: &Project, schedule: &str) -> usize {
+    let label = format!("schedule {schedule}");
+    scheduled_backups(p)
+        .iter()
+        .filter(|b| b["label"] == label.as_str())
+        .count()
+}
+
+/// Polls `what` every 200 ms until it holds; fails after `limit`.
+async fn until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "waited {limit:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_reload_replaces_the_schedules_and_a_bad_file_keeps_them() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let mut p = scheduled(&db, &store).await;
+    let (child, port) = start_http(&mut p);
+    until(Duration::from_secs(20), "a first backup", || {
+        backups_of(&p, "fast") >= 1
+    })
+    .await;
+
+    // A file with a broken cron: logged, and the old schedule goes on.
+    p.set_section(
+        "[schedule]",
+        "name = \"fast\"\ncron = \"every two seconds\"",
+    );
+    hangup(&child);
+    let before = backups_of(&p, "fast");
+    until(
+        Duration::from_secs(20),
+        "a backup after the bad reload",
+        || backups_of(&p, "fast") > before,
+    )
+    .await;
+
+    // A good file: the new schedule runs and the old one stops.
+    p.set_section("[schedule]", "name = \"other\"\ncron = \"*/2 * * * * *\"");
+    hangup(&child);
+    until(
+        Duration::from_secs(20),
+        "a backup of the new schedule",
+        || backups_of(&p, "other") >= 1,
+    )
+    .await;
+    let fast = backups_of(&p, "fast");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        backups_of(&p, "fast"),
+        fast,
+        "the replaced schedule still runs"
+    );
+    let (code, status) = get(port, "/v1/status");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let names: Vec<&String> = status["schedules"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["other"], "{status}");
+
+    let (code, stderr) = stop(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("the new configuration is not usable, so the running one is kept"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("every two seconds"), "{stderr}");
+    assert!(stderr.contains("now [other]"), "{stderr}");
+}
+
+/// A loopback webhook receiver: every POST's path and JSON body, in arrival order.
+struct Receiver {
+    port: u16,
+    calls: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let calls: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
+        let seen = calls.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            length = v.trim().parse().unwrap();
+                        }
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let path = request_line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("")
+                    .to_string();
+                let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                seen.lock().unwrap().push((path, json));
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        Receiver { port, calls }
+    }
+
+    fn calls(&self) -> Vec<(String, serde_json::Value)> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn count(&self, path: &str) -> usize {
+        self.calls().iter().filter(|(p, _)| p == path).count()
+    }
+}
+
+#[tokio::test]
+async fn webhooks_hear_of_starts_successes_and_a_store_that_is_down() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let mut p = scheduled(&db, &store).await;
+    let hooks = Receiver::start();
+    let base = format!("http://127.0.0.1:{}", hooks.port);
+    p.set_section(
+        "notify",
+        &format!(
+            "on_start = \"{base}/start\"\non_success = \"{base}/ok\"\non_failure = \"{base}/fail\""
+        ),
+    );
+    let (child, port) = start_http(&mut p);
+    until(Duration::from_secs(20), "start and success calls", || {
+        hooks.count("/start") >= 1 && hooks.count("/ok") >= 1
+    })
+    .await;
+    let calls = hooks.calls();
+    let first_start = calls.iter().position(|(p, _)| p == "/start").unwrap();
+    let first_ok = calls.iter().position(|(p, _)| p == "/ok").unwrap();
+    assert!(first_start < first_ok, "{calls:?}");
+    let (_, start) = &calls[first_start];
+    assert_eq!(start["event"], "start");
+    assert_eq!(start["schedule"], "fast");
+    let (_, ok) = &calls[first_ok];
+    assert_eq!(ok["event"], "success", "{ok}");
+    assert_eq!(ok["rows"], 100, "{ok}");
+    assert!(ok["bytes"].as_u64().unwrap() > 0, "{ok}");
+    assert!(ok["duration_seconds"].as_f64().is_some(), "{ok}");
+    let id = ok["backup_id"].as_str().unwrap().to_string();
+    assert!(
+        scheduled_backups(&p).iter().any(|b| b["id"] == id.as_str()),
+        "{id} is not in the store"
+    );
+
+    // The store goes away: a file where its directory was.
+    let TestStore::Dir(dir) = &store else {
+        unreachable!()
+    };
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    std::fs::write(dir.path(), "not a directory").unwrap();
+    until(Duration::from_secs(20), "a failure call", || {
+        hooks.count("/fail") >= 1
+    })
+    .await;
+    let (_, failed) = hooks
+        .calls()
+        .into_iter()
+        .find(|(p, _)| p == "/fail")
+        .unwrap();
+    assert_eq!(failed["event"], "failure", "{failed}");
+    assert!(failed["backup_id"].is_null(), "{failed}");
+    assert!(!failed["error"].as_str().unwrap().is_empty(), "{failed}");
+    let (_, metrics) = get(port, "/metrics");
+    let failures = sample(
+        &metrics,
+        "backstop_schedule_failures_total{schedule=\"fast\",reason=\"store_unavailable\"}",
+    );
+    assert!(failures.unwrap_or(0.0) >= 1.0, "{metrics}");
+    // Still serving after failures.
+    assert_eq!(get(port, "/healthz").0, 200);
+    let (code, stderr) = stop(child);
+    std::fs::remove_file(dir.path()).unwrap();
+    std::fs::create_dir(dir.path()).unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("failed (store_unavailable)"), "{stderr}");
+    // The URLs' paths stand for secrets: the log names hosts at most.
+    for (path, _) in hooks.calls() {
+        assert!(!stderr.contains(&format!("{base}{path}")), "{stderr}");
+    }
+    for (_, body) in hooks.calls() {
+        assert!(!body.to_string().contains(&db.url), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_database_stopped_and_started_under_the_daemon_is_survived() {
+    let cluster = Cluster::start();
+    let url = cluster.url();
+    let store = TestStore::dir();
+    let mut p = Project::empty(&url);
+    copy_dir(&repo_root().join("migrations"), &p.migrations());
+    p.use_store(&store);
+    p.set_section("[schedule]", "name = \"fast\"\ncron = \"*/2 * * * * *\"");
+    p.set_database_extra("connect_timeout_secs = 2");
+    p.ok(&["upgrade"]);
+    connect(&url)
+        .await
+        .batch_execute(
+            "INSERT INTO tasks (title, user_id) SELECT 'task ' || g, 'u' FROM generate_series(1, 100) g",
+        )
+        .await
+        .unwrap();
+    let (mut child, port) = start_http(&mut p);
+    until(Duration::from_secs(20), "a first backup", || {
+        backups_of(&p, "fast") >= 1
+    })
+    .await;
+
+    cluster.stop();
+    let down = Instant::now();
+    let mut readiness = (0, String::new());
+    while down.elapsed() < Duration::from_secs(6) {
+        readiness = get(port, "/readyz");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(child.try_wait().unwrap().is_none(), "serve exited");
+    assert_eq!(readiness.0, 503, "{readiness:?}");
+    assert!(readiness.1.contains("database"), "{readiness:?}");
+
+    cluster.start_again();
+    let before = backups_of(&p, "fast");
+    until(
+        Duration::from_secs(30),
+        "a backup after the restart",
+        || backups_of(&p, "fast") > before,
+    )
+    .await;
+    assert_eq!(get(port, "/readyz").0, 200);
+    let (code, stderr) = stop(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("failed (database_unavailable)"), "{stderr}");
+}
+
+#[tokio::test]
+async fn under_the_journal_each_line_carries_its_priority_and_no_timestamp() {
+    use std::os::unix::fs::MetadataExt;
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let mut p = scheduled(&db, &store).await;
+    p.set_section("server", &format!("listen = \"127.0.0.1:{}\"", free_port()));
+    // systemd names the stream it connected in JOURNAL_STREAM (device:inode); a file
+    // stands in for the journal's socket.
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let meta = log.as_file().metadata().unwrap();
+    let child = p
+        .cmd(&["serve"])
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (code, _) = stop(child);
+    assert_eq!(code, Some(0));
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("<6>serving 1 schedule")),
+        "{text}"
+    );
+    assert!(lines.iter().any(|l| l.contains("backed up as")), "{text}");
+    for line in &lines {
+        let priority = line.get(..3).unwrap_or("");
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"].contains(&priority),
+            "{line:?} in\n{text}"
+        );
+        assert!(!line.contains("\u{1b}["), "colour in {line:?}");
+        assert!(!line.contains(" INFO ") && !line.contains("Z "), "{line:?}");
+    }
+}

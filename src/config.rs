@@ -172,6 +172,9 @@ pub struct ScheduleConfig {
     pub timezone: Option<String>,
     #[serde(default)]
     pub tables: Vec<String>,
+    /// The label of the schedule's backups; `schedule NAME` when absent.
+    #[serde(default)]
+    pub label: Option<String>,
     /// What a start does about slots that passed while no instance ran.
     #[serde(default)]
     pub catch_up: CatchUp,

@@ -17,6 +17,8 @@ pub struct Schedule {
     pub cron: Cron,
     pub timezone: Tz,
     pub tables: Vec<String>,
+    /// The label its backups carry.
+    pub label: String,
     pub catch_up: CatchUp,
 }
 
@@ -48,6 +50,10 @@ impl Schedule {
             cron,
             timezone,
             tables: config.tables.clone(),
+            label: config
+                .label
+                .clone()
+                .unwrap_or_else(|| format!("schedule {name}")),
             catch_up: config.catch_up,
         })
     }
@@ -109,6 +115,7 @@ mod tests {
             cron: cron.into(),
             timezone: zone.map(Into::into),
             tables: Vec::new(),
+            label: None,
             catch_up: CatchUp::Latest,
         })
     }

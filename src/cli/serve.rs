@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use backstop::context::OpContext;
 use backstop::error::{usage, ExitCode};
+use backstop::ops::config_check::missing_tables;
 use backstop::ops::Workspace;
 use backstop::schedule::Schedule;
 use tokio_util::task::TaskTracker;
@@ -90,6 +91,14 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Output> {
     });
     // /healthz and /readyz answer while the database or the store is still coming up.
     wait_for_dependencies(&ws, &op).await;
+    if !op.is_cancelled() {
+        // A table that is not there is a configuration error now, not a failure at 3 a.m.
+        if let Err(e) = check_tables(&ws, &schedules).await {
+            op.cancel();
+            let _ = server.await;
+            return Err(e);
+        }
+    }
     let webhooks = TaskTracker::new();
     if !op.is_cancelled() {
         tracing::info!(
@@ -106,7 +115,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Output> {
         });
         loop {
             tokio::select! {
-                _ = hangups.recv() => reload(ctx, &daemon, &scheduler, &webhooks),
+                _ = hangups.recv() => reload(ctx, &daemon, &scheduler, &webhooks).await,
                 _ = op.cancelled() => break,
             }
         }
@@ -132,9 +141,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Output> {
 
 /// SIGHUP: re-reads the configuration; if it is good, the schedules, webhooks, database and
 /// store settings are replaced; if not, the problem is logged and everything runs on as it was.
-fn reload(ctx: &Ctx, daemon: &http::Daemon, scheduler: &Scheduler, webhooks: &TaskTracker) {
+async fn reload(ctx: &Ctx, daemon: &http::Daemon, scheduler: &Scheduler, webhooks: &TaskTracker) {
     notify(&[sd_notify::NotifyState::Reloading]);
-    match load(ctx.config_path.as_deref()) {
+    let loaded = match load(ctx.config_path.as_deref()) {
+        Ok(l) => check_tables(&l.ws, &l.schedules).await.map(|_| l),
+        Err(e) => Err(e),
+    };
+    match loaded {
         Err(e) => tracing::error!(
             "SIGHUP: the new configuration is not usable, so the running one is kept: {e:#}"
         ),
@@ -159,6 +172,21 @@ fn reload(ctx: &Ctx, daemon: &http::Daemon, scheduler: &Scheduler, webhooks: &Ta
         }
     }
     notify(&[sd_notify::NotifyState::Ready]);
+}
+
+/// Refuses a configuration whose schedules or `[backup] tables` name a table the database
+/// does not have (exit 2, naming the schedule). A database that does not answer right now
+/// is not a reason to refuse: the runs will say so.
+async fn check_tables(ws: &Workspace, schedules: &[Schedule]) -> anyhow::Result<()> {
+    let db = ws.database()?;
+    match missing_tables(ws.config(), schedules, &db, &ws.origin()).await {
+        Ok(missing) if missing.is_empty() => Ok(()),
+        Ok(missing) => usage(missing.join("; ")),
+        Err(e) => {
+            tracing::warn!("the tables the schedules name were not checked: {e:#}");
+            Ok(())
+        }
+    }
 }
 
 /// Tells systemd (when it started us with a notify socket); without one, does nothing.

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::config::{process_env, Loaded};
+use crate::config::{process_env, Config, Loaded};
 use crate::pg::catalog::{data_tables, Schemas};
 use crate::pg::Database;
 use crate::schedule::Schedule;
@@ -57,6 +57,35 @@ pub async fn check(explicit: Option<&Path>) -> anyhow::Result<CheckReport> {
             problems.push(format!("{origin}: {e:#}"));
         }
     }
+    match &config.database.url {
+        None => unchecked.push(
+            "no database url is configured, so the tables named could not be checked".to_string(),
+        ),
+        Some(url) => match Database::parse(&url.0, &config.database) {
+            Err(e) => problems.push(format!("{origin}: {e:#}")),
+            Ok(db) => match missing_tables(config, &schedules, &db, &origin).await {
+                Err(e) => unchecked.push(format!("the tables named were not checked: {e:#}")),
+                Ok(missing) => problems.extend(missing),
+            },
+        },
+    }
+    Ok(CheckReport {
+        origin,
+        problems,
+        unchecked,
+        schedules: schedules.len(),
+    })
+}
+
+/// The tables that `[backup] tables` and the schedules name but the database does not have,
+/// each as a sentence naming who names it; an error when the database does not answer.
+/// `serve` asks this at start and on reload, so a schedule never fails on a typo at 3 a.m.
+pub async fn missing_tables(
+    config: &Config,
+    schedules: &[Schedule],
+    db: &Database,
+    origin: &str,
+) -> anyhow::Result<Vec<String>> {
     let named: Vec<(String, &String)> = schedules
         .iter()
         .flat_map(|s| {
@@ -72,39 +101,25 @@ pub async fn check(explicit: Option<&Path>) -> anyhow::Result<CheckReport> {
                 .map(|t| ("[backup] tables".to_string(), t)),
         )
         .collect();
-    match &config.database.url {
-        None => unchecked.push(
-            "no database url is configured, so the tables named could not be checked".to_string(),
-        ),
-        Some(url) => match Database::parse(&url.0, &config.database) {
-            Err(e) => problems.push(format!("{origin}: {e:#}")),
-            Ok(db) if !named.is_empty() => match db.connect().await {
-                Err(e) => unchecked.push(format!("the tables named were not checked: {e:#}")),
-                Ok(client) => {
-                    let schema = &config.database.schema;
-                    let tables = data_tables(&client, Schemas::One(schema)).await?;
-                    for (whose, table) in named {
-                        let bare = table.strip_prefix(&format!("{schema}.")).unwrap_or(table);
-                        let parent = format!("{schema}.{bare}");
-                        let found = tables
-                            .iter()
-                            .any(|t| t.name == bare || t.parent.as_deref() == Some(&parent));
-                        if !found {
-                            problems.push(format!(
-                                "{origin}: {whose} names table {table:?}, which is not in schema {schema} of {}",
-                                db.describe()
-                            ));
-                        }
-                    }
-                }
-            },
-            Ok(_) => {}
-        },
+    if named.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(CheckReport {
-        origin,
-        problems,
-        unchecked,
-        schedules: schedules.len(),
-    })
+    let client = db.connect().await?;
+    let schema = &config.database.schema;
+    let tables = data_tables(&client, Schemas::One(schema)).await?;
+    let mut problems = Vec::new();
+    for (whose, table) in named {
+        let bare = table.strip_prefix(&format!("{schema}.")).unwrap_or(table);
+        let parent = format!("{schema}.{bare}");
+        let found = tables
+            .iter()
+            .any(|t| t.name == bare || t.parent.as_deref() == Some(&parent));
+        if !found {
+            problems.push(format!(
+                "{origin}: {whose} names table {table:?}, which is not in schema {schema} of {}",
+                db.describe()
+            ));
+        }
+    }
+    Ok(problems)
 }

@@ -46,6 +46,11 @@ impl Workspace {
         &self.loaded.config
     }
 
+    /// The file the configuration came from, for messages.
+    pub fn origin(&self) -> String {
+        self.loaded.origin()
+    }
+
     pub fn database(&self) -> anyhow::Result<Database> {
         let Some(url) = &self.loaded.config.database.url else {
             return usage(

@@ -61,7 +61,7 @@ pub async fn run_slot(
         let options = BackupOptions {
             kind: Kind::Scheduled,
             tables: schedule.tables.clone(),
-            label: Some(format!("schedule {}", schedule.name)),
+            label: Some(schedule.label.clone()),
             target_revision: None,
             every_schema: false,
         };

@@ -21,9 +21,13 @@ fn hangup(child: &std::process::Child) {
     assert!(status.success());
 }
 
-/// Scheduled backups of one schedule (its backups carry the label `schedule NAME`).
+/// Scheduled backups of one schedule (its backups carry the label `schedule NAME` unless
+/// the schedule sets one).
 fn backups_of(p: &Project, schedule: &str) -> usize {
-    let label = format!("schedule {schedule}");
+    let label = match schedule {
+        "other" => "after the reload".to_string(),
+        _ => format!("schedule {schedule}"),
+    };
     scheduled_backups(p)
         .iter()
         .filter(|b| b["label"] == label.as_str())
@@ -64,8 +68,25 @@ async fn a_reload_replaces_the_schedules_and_a_bad_file_keeps_them() {
     )
     .await;
 
+    // A table that is not there: refused too.
+    p.set_section(
+        "[schedule]",
+        "name = \"fast\"\ncron = \"*/2 * * * * *\"\ntables = [\"taks\"]",
+    );
+    hangup(&child);
+    let before = backups_of(&p, "fast");
+    until(
+        Duration::from_secs(20),
+        "a backup after the second bad reload",
+        || backups_of(&p, "fast") > before,
+    )
+    .await;
+
     // A good file: the new schedule runs and the old one stops.
-    p.set_section("[schedule]", "name = \"other\"\ncron = \"*/2 * * * * *\"");
+    p.set_section(
+        "[schedule]",
+        "name = \"other\"\ncron = \"*/2 * * * * *\"\nlabel = \"after the reload\"",
+    );
     hangup(&child);
     until(
         Duration::from_secs(20),
@@ -93,6 +114,10 @@ async fn a_reload_replaces_the_schedules_and_a_bad_file_keeps_them() {
         "{stderr}"
     );
     assert!(stderr.contains("every two seconds"), "{stderr}");
+    assert!(
+        stderr.contains("[[schedule]] \"fast\" names table \"taks\""),
+        "{stderr}"
+    );
     assert!(stderr.contains("now [other]"), "{stderr}");
 }
 

@@ -372,3 +372,35 @@ async fn a_run_longer_than_its_interval_neither_overlaps_nor_stops_the_schedule(
     assert!(stderr.contains("passed while slot"), "{stderr}");
     assert_eq!(scheduled_backups(&p).len(), runs.len());
 }
+
+#[tokio::test]
+async fn a_bad_cron_time_zone_or_table_stops_serve_at_start_naming_the_schedule() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let mut p = scheduled(&db, &store).await;
+    for (entry, says) in [
+        (
+            "name = \"nightly\"\ncron = \"0 3 * * *\"",
+            "[[schedule]] \"nightly\": cron \"0 3 * * *\" is not a six-field expression",
+        ),
+        (
+            "name = \"berlin\"\ncron = \"0 0 3 * * *\"\ntimezone = \"Europe/Berlim\"",
+            "[[schedule]] \"berlin\": timezone \"Europe/Berlim\" is not an IANA time zone",
+        ),
+        (
+            "name = \"hourly\"\ncron = \"0 0 * * * *\"\ntables = [\"tasks\", \"nope\"]",
+            "[[schedule]] \"hourly\" names table \"nope\"",
+        ),
+    ] {
+        p.set_section("[schedule]", entry);
+        let out = exit_within(
+            start(&p),
+            Duration::from_secs(30),
+            "serve with a bad schedule",
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(says), "missing {says:?} in\n{stderr}");
+    }
+    assert!(scheduled_backups(&p).is_empty());
+}

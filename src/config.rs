@@ -82,21 +82,42 @@ impl Default for DatabaseConfig {
     }
 }
 
-/// `[migrations]`: where the migration folders live.
+/// `[migrations]`: where the migrations live and how they are laid out.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MigrationsConfig {
     /// Relative paths are resolved against the config file's directory (or the working
     /// directory when there is no file), so a daemon started from `/` finds them.
     pub dir: PathBuf,
+    /// Which tool's layout the folder follows; `auto` tells by what the folder holds.
+    pub layout: LayoutSetting,
 }
 
 impl Default for MigrationsConfig {
     fn default() -> Self {
         MigrationsConfig {
             dir: PathBuf::from("migrations"),
+            layout: LayoutSetting::Auto,
         }
     }
+}
+
+/// `[migrations] layout`: teams adopt backstop with the migrations they already have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LayoutSetting {
+    #[default]
+    Auto,
+    /// `<number>_<name>/up.sql, down.sql`.
+    Backstop,
+    /// `<timestamp>_<name>/up.sql, down.sql`, with `metadata.toml`.
+    Diesel,
+    /// `<version>_<name>.up.sql` and `.down.sql`.
+    GolangMigrate,
+    /// sqlx's reversible migrations: the same files as golang-migrate.
+    Sqlx,
+    /// `<version>_<name>.sql` with `-- migrate:up` and `-- migrate:down` sections.
+    Dbmate,
 }
 
 /// `[storage]`: where backups go.

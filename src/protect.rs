@@ -140,7 +140,10 @@ async fn run_in_savepoint(tx: &Transaction<'_>, steps: &[PlannedStep]) -> anyhow
     for step in steps {
         let outcome = tx.batch_execute(&step.sql).await;
         if outcome.is_ok() {
-            let what = format!("down.sql of {}, run to plan the backup,", step.revision);
+            let what = format!(
+                "{} of {}, run to plan the backup,",
+                step.script.name, step.revision
+            );
             guard.check(tx, &what).await?;
         }
         if let Err(e) = outcome {
@@ -157,8 +160,8 @@ async fn run_in_savepoint(tx: &Transaction<'_>, steps: &[PlannedStep]) -> anyhow
             ran = Err(err(
                 kind,
                 format!(
-                    "down.sql of {} failed{place}: {}",
-                    step.revision, pg.message
+                    "{} of {} failed{place}: {}",
+                    step.script.name, step.revision, pg.message
                 ),
             ));
             break;

@@ -163,10 +163,6 @@ pub async fn stamp(ctx: &Ctx, args: StampArgs) -> anyhow::Result<Output> {
 
 fn render(report: &MigrateReport) -> String {
     let plan = &report.plan;
-    let file = match plan.direction {
-        Direction::Up => "up.sql",
-        Direction::Down => "down.sql",
-    };
     let mut s = String::new();
     if plan.steps.is_empty() {
         s.push_str(&format!(
@@ -185,8 +181,9 @@ fn render(report: &MigrateReport) -> String {
         ));
         for step in &plan.steps {
             s.push_str(&format!(
-                "\n-- {} ({file}{})\n{}\n",
+                "\n-- {} ({}{})\n{}\n",
                 step.revision,
+                step.script.name,
                 if step.no_transaction {
                     ", outside a transaction"
                 } else {
@@ -210,12 +207,16 @@ fn render(report: &MigrateReport) -> String {
         ));
     }
     for r in &report.restored {
-        s.push_str(&format!(
-            "restored {} row(s) of {} from backup {}\n",
-            r.rows,
-            r.tables.join(", "),
-            r.backup_id
-        ));
+        if r.tables.is_empty() {
+            s.push_str(&format!("restored nothing from backup {}\n", r.backup_id));
+        } else {
+            s.push_str(&format!(
+                "restored {} row(s) of {} from backup {}\n",
+                r.rows,
+                r.tables.join(", "),
+                r.backup_id
+            ));
+        }
         if !r.skipped.is_empty() {
             s.push_str(&format!("  skipped: {}\n", r.skipped.join(", ")));
         }

@@ -1,10 +1,12 @@
-//! Schema migrations: folders of `up.sql`/`down.sql`, applied in order, one transaction per
+//! Schema migrations: up and down scripts in the layout a team already has (backstop's,
+//! diesel's, golang-migrate's and sqlx's, dbmate's), applied in order, one transaction per
 //! step together with its row in `backstop_migrations`.
 //!
-//! [`source`] reads and validates the files; [`target`] parses where to go; [`status`]
+//! [`layout`] tells which layout a folder follows; [`source`] reads and validates the files; [`target`] parses where to go; [`status`]
 //! compares the files with what the database recorded; [`plan`] works out the steps (all
 //! three pure); [`step`] runs one step with its bookkeeping.
 
+pub mod layout;
 pub mod lexer;
 pub mod plan;
 pub mod reapply;

@@ -1,57 +1,75 @@
-//! Reading the migrations directory into an ordered, validated list.
+//! Reading the migrations directory into an ordered, validated list, in whichever layout it
+//! follows (see [`super::layout`]).
 //!
 //! Everything that can be wrong with the files is found here, before any connection is
-//! opened: a folder without `down.sql`, two folders with the same number, a file that is
-//! not UTF-8. Each error names the path and says what to do.
+//! opened, and all of it at once: a migration without a down script, two with the same
+//! version, a file that is not UTF-8, transaction control in the way. Each problem names
+//! the path and says what to do.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use sha2::{Digest, Sha256};
 
+use super::layout::{list, section, survey, Candidate, Layout, Source};
 use super::lexer::{strip_wrapper, transaction_control, TransactionControl};
+use crate::config::LayoutSetting;
 use crate::error::usage;
 
 /// First line that marks a script which cannot run inside a transaction
 /// (for example `CREATE INDEX CONCURRENTLY`).
 pub const NO_TRANSACTION_MARKER: &str = "-- backstop:no-transaction";
 
-/// One migration folder, `<NNN>_<name>`.
+/// One migration: a folder, a pair of files or a file of sections.
 #[derive(Debug, Clone)]
 pub struct Migration {
-    /// The folder name, e.g. `001_initial`; what `backstop_migrations` records.
+    /// The folder or file name without extensions, e.g. `001_initial`; what
+    /// `backstop_migrations` records.
     pub revision: String,
+    /// The version, which orders the migrations as their tool orders them.
     pub number: u64,
     pub up: Script,
     pub down: Script,
-    /// SHA-256 of `up.sql` with CRLF folded to LF, so a checkout on another OS is no drift.
+    /// SHA-256 of the up script with CRLF folded to LF, so a checkout on another OS is no drift.
     pub checksum: String,
 }
 
-/// The text of `up.sql` or `down.sql`, as it will run.
+/// The text of an up or down script, as it will run.
 #[derive(Debug, Clone)]
 pub struct Script {
     pub path: PathBuf,
+    /// How messages name the script: `up.sql`, `000001_init.down.sql`, or a dbmate file's
+    /// section.
+    pub name: String,
     /// The SQL that runs: the file's text, without an outer `BEGIN … COMMIT` wrapper.
     pub sql: String,
-    /// The script starts with [`NO_TRANSACTION_MARKER`].
+    /// The script must run outside a transaction ([`NO_TRANSACTION_MARKER`], diesel's
+    /// `run_in_transaction = false`, dbmate's `transaction:false`).
     pub no_transaction: bool,
-    /// [`checksum`] of the file as written.
+    /// How this script's layout says "no transaction", for the error when it needed to.
+    pub no_transaction_hint: &'static str,
+    /// [`checksum`] of the text as written.
     pub checksum: String,
 }
 
-/// All migrations of a directory, sorted by number.
+/// All migrations of a directory, in order.
 #[derive(Debug, Clone)]
 pub struct MigrationSet {
     pub dir: PathBuf,
+    /// The layout the folder follows; `None` when it is empty.
+    pub layout: Option<Layout>,
     pub migrations: Vec<Migration>,
 }
 
 impl MigrationSet {
-    /// Reads and validates `dir`.
+    /// Reads and validates `dir`, telling its layout by what it holds.
     pub fn load(dir: &Path) -> anyhow::Result<MigrationSet> {
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
+        Self::load_as(dir, LayoutSetting::Auto)
+    }
+
+    /// Reads and validates `dir` in the layout `setting` names (or tells it, with `auto`).
+    pub fn load_as(dir: &Path, setting: LayoutSetting) -> anyhow::Result<MigrationSet> {
+        let survey = match survey(dir, setting) {
+            Ok(s) => s,
             Err(e) => {
                 return usage(format!(
                 "cannot read the migrations directory {}: {e}; set [migrations] dir in the config",
@@ -59,48 +77,56 @@ impl MigrationSet {
             ))
             }
         };
+        let mut problems = survey.problems;
+        let hint = survey
+            .layout
+            .unwrap_or(Layout::Backstop)
+            .no_transaction_hint();
         let mut migrations: Vec<Migration> = Vec::new();
-        for entry in entries {
-            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-            let path = entry.path();
-            if !path.is_dir() {
-                continue; // schema.json, README and the like live beside the folders
+        for c in survey.candidates {
+            if let Some(m) = read_candidate(c, hint, &mut problems) {
+                migrations.push(m);
             }
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
-            }
-            let Some(number) = parse_revision(&name) else {
-                return usage(format!(
-                    "migration folder {} is not named <number>_<name> (e.g. 002_add_tags); rename it or move it out of {}",
-                    path.display(),
-                    dir.display()
-                ));
-            };
-            let up = read_script(&path.join("up.sql"))?;
-            let down = read_script(&path.join("down.sql"))?;
-            let checksum = up.checksum.clone();
-            migrations.push(Migration {
-                revision: name,
-                number,
-                up,
-                down,
-                checksum,
-            });
         }
         migrations.sort_by(|a, b| a.number.cmp(&b.number).then(a.revision.cmp(&b.revision)));
         for pair in migrations.windows(2) {
             if pair[0].number == pair[1].number {
-                return usage(format!(
-                    "migrations {} and {} share the number {}; give each migration its own number",
+                problems.push(format!(
+                    "migrations {} and {} share the version {}; give each migration its own",
                     pair[0].revision, pair[1].revision, pair[0].number
                 ));
             }
         }
+        if !problems.is_empty() {
+            let n = problems.len();
+            let what = if n == 1 {
+                problems.remove(0)
+            } else {
+                format!(
+                    "{n} problems in {}:\n  - {}",
+                    dir.display(),
+                    problems.join("\n  - ")
+                )
+            };
+            return usage(what);
+        }
+        if !survey.strays.is_empty() {
+            tracing::warn!(
+                "{}: ignoring what no migration layout claims: {}",
+                dir.display(),
+                list(&survey.strays)
+            );
+        }
         Ok(MigrationSet {
             dir: dir.to_path_buf(),
+            layout: survey.layout,
             migrations,
         })
+    }
+
+    /// The layout's name, for messages and reports.
+    pub fn describe_layout(&self) -> &'static str {
+        self.layout.map_or("empty", Layout::name)
     }
 
     pub fn get(&self, revision: &str) -> Option<&Migration> {
@@ -121,17 +147,20 @@ impl MigrationSet {
     pub(crate) fn fake(revisions: &[&str]) -> MigrationSet {
         let script = |rev: &str, file: &str| Script {
             path: PathBuf::from(format!("{rev}/{file}")),
+            name: file.to_string(),
             sql: format!("-- {rev} {file}"),
             no_transaction: false,
+            no_transaction_hint: Layout::Backstop.no_transaction_hint(),
             checksum: checksum(&format!("-- {rev} {file}")),
         };
         MigrationSet {
             dir: PathBuf::from("migrations"),
+            layout: Some(Layout::Backstop),
             migrations: revisions
                 .iter()
                 .map(|r| Migration {
                     revision: r.to_string(),
-                    number: parse_revision(r).unwrap_or(0),
+                    number: super::layout::revision_number(r).unwrap_or(0),
                     up: script(r, "up.sql"),
                     down: script(r, "down.sql"),
                     checksum: checksum(&format!("-- {r} up.sql")),
@@ -141,50 +170,86 @@ impl MigrationSet {
     }
 }
 
-/// `001_initial` → `Some(1)`; anything not `<digits>_<something>` → `None`.
-fn parse_revision(name: &str) -> Option<u64> {
-    let (digits, rest) = name.split_once('_')?;
-    if digits.is_empty() || rest.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    if !rest
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-    {
-        return None;
-    }
-    digits.parse().ok()
+/// Reads both scripts of a candidate; what is wrong goes to `problems`.
+fn read_candidate(
+    c: Candidate,
+    hint: &'static str,
+    problems: &mut Vec<String>,
+) -> Option<Migration> {
+    let up = read_script(&c.up, hint).map_err(|p| problems.push(p)).ok();
+    let down = read_script(&c.down, hint)
+        .map_err(|p| problems.push(p))
+        .ok();
+    let (up, down) = (up?, down?);
+    Some(Migration {
+        revision: c.revision,
+        number: c.number,
+        checksum: up.checksum.clone(),
+        up,
+        down,
+    })
 }
 
-fn read_script(path: &Path) -> anyhow::Result<Script> {
+fn read_text(path: &Path) -> Result<String, String> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return usage(format!(
-                "{} is missing; every migration needs both up.sql and down.sql",
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "{} is not valid UTF-8 (first bad byte at offset {}); save it as UTF-8",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+fn read_script(source: &Source, hint: &'static str) -> Result<Script, String> {
+    let (path, name, raw, declared) = match source {
+        Source::Missing(path) => {
+            return Err(format!(
+                "{} is missing; every migration needs both an up and a down script",
                 path.display()
             ))
         }
-        Err(e) => return usage(format!("cannot read {}: {e}", path.display())),
-    };
-    let sql = match String::from_utf8(bytes) {
-        Ok(s) => s,
-        Err(e) => {
-            return usage(format!(
-                "{} is not valid UTF-8 (first bad byte at offset {}); save it as UTF-8",
-                path.display(),
-                e.utf8_error().valid_up_to()
-            ))
+        Source::File {
+            path,
+            no_transaction,
+        } => {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (path, name, read_text(path)?, *no_transaction)
+        }
+        Source::Section {
+            path,
+            marker,
+            no_transaction,
+        } => {
+            let name = format!(
+                "{} ({})",
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                marker.trim_start_matches("-- ")
+            );
+            (
+                path,
+                name,
+                section(&read_text(path)?, marker),
+                *no_transaction,
+            )
         }
     };
-    let no_transaction = sql
+    let marked = raw
         .trim_start_matches('\u{feff}')
         .lines()
         .next()
         .is_some_and(|l| l.trim() == NO_TRANSACTION_MARKER);
-    let raw = sql.clone();
-    let sql = match transaction_control(&sql) {
-        TransactionControl::None => sql,
+    let no_transaction = declared || marked;
+    let sql = match transaction_control(&raw) {
+        TransactionControl::None => raw.clone(),
         TransactionControl::Wrapper {
             begin_line,
             commit_line,
@@ -193,16 +258,16 @@ fn read_script(path: &Path) -> anyhow::Result<Script> {
                 "{}: ignoring its outer BEGIN (line {begin_line}) and COMMIT (line {commit_line}); backstop runs every step in a transaction of its own",
                 path.display()
             );
-            strip_wrapper(&sql)
+            strip_wrapper(&raw)
         }
         TransactionControl::Wrapper { begin_line, .. } => {
-            return usage(format!(
-                "{}:{begin_line}: the script is marked {NO_TRANSACTION_MARKER} but wraps itself in BEGIN … COMMIT; remove the marker or the wrapper",
+            return Err(format!(
+                "{}:{begin_line}: the script is marked to run outside a transaction but wraps itself in BEGIN … COMMIT; remove the mark or the wrapper",
                 path.display()
             ))
         }
         TransactionControl::Misplaced(m) => {
-            return usage(format!(
+            return Err(format!(
                 "{}:{}: `{}` controls the transaction, which backstop owns (a COMMIT there would commit destructive SQL before its backup exists); remove it, or split the script into migrations",
                 path.display(),
                 m.line,
@@ -212,9 +277,11 @@ fn read_script(path: &Path) -> anyhow::Result<Script> {
     };
     Ok(Script {
         path: path.to_path_buf(),
+        name,
         checksum: checksum(&raw),
         sql,
         no_transaction,
+        no_transaction_hint: hint,
     })
 }
 
@@ -240,15 +307,6 @@ mod tests {
     fn crlf_and_lf_hash_the_same() {
         assert_eq!(checksum("a\r\nb\r\n"), checksum("a\nb\n"));
         assert_ne!(checksum("a\nb\n"), checksum("a\nc\n"));
-    }
-
-    #[test]
-    fn revision_names() {
-        assert_eq!(parse_revision("001_initial"), Some(1));
-        assert_eq!(parse_revision("12_add-tags.v2"), Some(12));
-        assert_eq!(parse_revision("initial"), None);
-        assert_eq!(parse_revision("001_"), None);
-        assert_eq!(parse_revision("x01_a"), None);
     }
 
     #[test]
@@ -281,12 +339,19 @@ mod tests {
             err.to_string().contains("001_a/down.sql is missing"),
             "{err}"
         );
+        // Every problem at once.
+        write(t.path(), "002_b/down.sql", "select 1;");
+        let err = MigrationSet::load(t.path()).unwrap_err().to_string();
+        assert!(err.contains("2 problems in"), "{err}");
+        assert!(err.contains("001_a/down.sql is missing"), "{err}");
+        assert!(err.contains("002_b/up.sql is missing"), "{err}");
+        std::fs::remove_dir_all(t.path().join("002_b")).unwrap();
 
         write(t.path(), "001_a/down.sql", "select 1;");
         write(t.path(), "1_b/up.sql", "select 1;");
         write(t.path(), "1_b/down.sql", "select 1;");
         let err = MigrationSet::load(t.path()).unwrap_err().to_string();
-        assert!(err.contains("share the number 1"), "{err}");
+        assert!(err.contains("share the version 1"), "{err}");
 
         std::fs::remove_dir_all(t.path().join("1_b")).unwrap();
         std::fs::write(t.path().join("001_a/up.sql"), b"select '\xff';").unwrap();
@@ -295,8 +360,10 @@ mod tests {
 
         write(t.path(), "001_a/up.sql", "select 1;");
         std::fs::create_dir(t.path().join("notes")).unwrap();
+        assert_eq!(MigrationSet::load(t.path()).unwrap().migrations.len(), 1);
+        write(t.path(), "initial/up.sql", "select 1;");
         let err = MigrationSet::load(t.path()).unwrap_err().to_string();
-        assert!(err.contains("not named <number>_<name>"), "{err}");
+        assert!(err.contains("not named <version>_<name>"), "{err}");
 
         let err = MigrationSet::load(&t.path().join("nope")).unwrap_err();
         assert_eq!(ExitCode::of(&err), ExitCode::Usage);

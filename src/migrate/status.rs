@@ -87,12 +87,7 @@ impl Status {
                 duration_ms: Some(r.duration_ms),
                 checksum: None,
                 recorded_checksum: Some(r.checksum.clone()),
-                number: r
-                    .revision
-                    .split('_')
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(u64::MAX),
+                number: super::layout::revision_number(&r.revision).unwrap_or(u64::MAX),
             });
         }
         entries.sort_by(|a, b| a.number.cmp(&b.number).then(a.revision.cmp(&b.revision)));

@@ -30,16 +30,6 @@ pub struct StepRunner<'a> {
     pub lock_timeout_secs: u64,
 }
 
-impl Direction {
-    /// The script this direction runs.
-    pub fn file(self) -> &'static str {
-        match self {
-            Direction::Up => "up.sql",
-            Direction::Down => "down.sql",
-        }
-    }
-}
-
 impl StepRunner<'_> {
     /// A failed script as a message naming the file, the revision and (when the server
     /// says) the line; a lock wait that timed out is [`Kind::LockHeld`].
@@ -49,7 +39,14 @@ impl StepRunner<'_> {
             .line_in(&step.sql)
             .map(|l| format!(" at line {l}"))
             .unwrap_or_default();
-        if pg.code.as_ref() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+        if pg.code.as_ref() == Some(&SqlState::ACTIVE_SQL_TRANSACTION) {
+            anyhow::anyhow!(
+                "{file} of {} failed{place}: {}; it must run outside a transaction: {}",
+                step.revision,
+                pg.message,
+                step.script.no_transaction_hint
+            )
+        } else if pg.code.as_ref() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
             err(
                 Kind::LockHeld,
                 format!(
@@ -62,8 +59,8 @@ impl StepRunner<'_> {
         }
     }
 
-    fn what(&self, direction: Direction, step: &PlannedStep) -> String {
-        format!("{} of {}", direction.file(), step.revision)
+    fn what(&self, step: &PlannedStep) -> String {
+        format!("{} of {}", step.script.name, step.revision)
     }
 
     /// Records a step in the ledger, inside `tx`.
@@ -96,11 +93,11 @@ impl StepRunner<'_> {
             "{} {} ({})",
             verb(direction),
             step.revision,
-            direction.file()
+            step.script.name
         );
         tx.batch_execute(&step.sql)
             .await
-            .map_err(|e| self.error(e, direction.file(), step))?;
+            .map_err(|e| self.error(e, &step.script.name, step))?;
         self.record(tx, direction, step, started.elapsed()).await?;
         Ok(report(direction, step, started))
     }
@@ -113,7 +110,7 @@ impl StepRunner<'_> {
         direction: Direction,
         step: &PlannedStep,
     ) -> anyhow::Result<StepReport> {
-        let file = direction.file();
+        let file = step.script.name.as_str();
         tracing::info!("{} {} ({file})", verb(direction), step.revision);
         let started = Instant::now();
         let explain = |e: tokio_postgres::Error| -> anyhow::Error {
@@ -157,7 +154,7 @@ impl StepRunner<'_> {
                 .pg(|| format!("starting {}", step.revision))?;
             let guard = TransactionGuard::start(&tx).await?;
             tx.batch_execute(&step.sql).await.map_err(explain)?;
-            guard.check(&tx, &self.what(direction, step)).await?;
+            guard.check(&tx, &self.what(step)).await?;
             self.record(&tx, direction, step, started.elapsed()).await?;
             tx.commit()
                 .await

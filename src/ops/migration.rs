@@ -70,6 +70,19 @@ pub struct MigrateReport {
 }
 
 impl Migrator {
+    /// Refuses to `what` with no migrations at all: exiting 0 having done nothing would
+    /// look like success to a deploy script.
+    pub fn require_migrations(&self, what: &str) -> anyhow::Result<()> {
+        if self.set.migrations.is_empty() {
+            return crate::error::usage(format!(
+                "nothing to {what}: {} holds no migrations; the layouts read are {}",
+                self.set.dir.display(),
+                crate::migrate::layout::every_layout()
+            ));
+        }
+        Ok(())
+    }
+
     pub fn new(db: Database, settings: DatabaseConfig, set: MigrationSet) -> Migrator {
         Migrator {
             db,

@@ -65,7 +65,10 @@ impl Workspace {
     }
 
     pub fn migrations(&self) -> anyhow::Result<MigrationSet> {
-        MigrationSet::load(&self.loaded.migrations_dir())
+        MigrationSet::load_as(
+            &self.loaded.migrations_dir(),
+            self.loaded.config.migrations.layout,
+        )
     }
 
     /// What does not answer now, the database or the store, each as a sentence; empty when

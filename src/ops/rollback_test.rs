@@ -19,6 +19,7 @@ use super::upgrade::{upgrade, UpgradeOptions};
 use crate::backup::manifest::random_hex;
 use crate::config::{BackupConfig, DatabaseConfig};
 use crate::context::OpContext;
+use crate::error::usage;
 use crate::migrate::{DownTarget, MigrationSet, UpTarget};
 use crate::pg::{quote_ident, Database, PgContext};
 use crate::schema::Snapshot;
@@ -136,6 +137,13 @@ pub async fn run(
     options: &RollbackTestOptions,
     ctx: &OpContext,
 ) -> anyhow::Result<RollbackTestReport> {
+    if set.migrations.is_empty() {
+        return usage(format!(
+            "rollback-test has nothing to test: {} holds no migrations (a pass would mean nothing); the layouts read are {}",
+            set.dir.display(),
+            crate::migrate::layout::every_layout()
+        ));
+    }
     let admin = db.connect().await?;
     let name = format!("backstop_rt_{}", random_hex(12));
     admin

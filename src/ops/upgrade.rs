@@ -37,6 +37,7 @@ pub async fn upgrade(
     options: &UpgradeOptions,
     ctx: &OpContext,
 ) -> anyhow::Result<MigrateReport> {
+    m.require_migrations("upgrade")?;
     m.locked(async |client| {
         let target = Target::Up(options.target.clone());
         let mut report = m

@@ -7,6 +7,7 @@ mod cluster;
 mod common;
 mod config;
 mod downgrade;
+mod layouts;
 mod migrate;
 mod ops;
 mod rollback_test;

@@ -1,0 +1,386 @@
+//! Projects adopted as they are: diesel, golang-migrate (and sqlx) and dbmate folders run,
+//! downgrade and come back with their data; a Flyway folder, a mixed folder and an empty
+//! one are errors rather than a green run of nothing; a script that needs to run outside a
+//! transaction says how its own layout marks that.
+
+use crate::common::*;
+
+fn write(p: &Project, rel: &str, text: &str) {
+    let path = p.migrations().join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// What `current` says, without the trailing newline.
+fn current(p: &Project) -> String {
+    p.ok(&["current"]).stdout.trim_end().to_string()
+}
+
+async fn count(db: &TestDb, sql: &str) -> i64 {
+    db.client().await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn a_diesel_folder_with_dashed_versions_spaces_and_metadata_toml() {
+    let db = TestDb::new().await;
+    let p = Project::empty(&db.url);
+    // diesel's own first migration, as `diesel setup` writes it.
+    write(
+        &p,
+        "00000000000000_diesel_initial_setup/up.sql",
+        "CREATE OR REPLACE FUNCTION diesel_manage_updated_at(_tbl regclass) RETURNS VOID AS $$\nBEGIN\n    EXECUTE format('CREATE TRIGGER set_updated_at BEFORE UPDATE ON %s\n                    FOR EACH ROW EXECUTE PROCEDURE diesel_set_updated_at()', _tbl);\nEND;\n$$ LANGUAGE plpgsql;\n\nCREATE OR REPLACE FUNCTION diesel_set_updated_at() RETURNS trigger AS $$\nBEGIN\n    IF (\n        NEW IS DISTINCT FROM OLD AND\n        NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at\n    ) THEN\n        NEW.updated_at := current_timestamp;\n    END IF;\n    RETURN NEW;\nEND;\n$$ LANGUAGE plpgsql;\n",
+    );
+    write(
+        &p,
+        "00000000000000_diesel_initial_setup/down.sql",
+        "DROP FUNCTION IF EXISTS diesel_manage_updated_at(_tbl regclass);\nDROP FUNCTION IF EXISTS diesel_set_updated_at();\n",
+    );
+    write(
+        &p,
+        "2019-02-26-002946_create_users/up.sql",
+        "CREATE TABLE users (id SERIAL PRIMARY KEY, name TEXT NOT NULL, updated_at TIMESTAMP NOT NULL DEFAULT now());\nSELECT diesel_manage_updated_at('users');\n",
+    );
+    write(
+        &p,
+        "2019-02-26-002946_create_users/down.sql",
+        "DROP TABLE users;\n",
+    );
+    write(
+        &p,
+        "2019-03-01-101010_add user email/up.sql",
+        "ALTER TABLE users ADD COLUMN email TEXT;\n",
+    );
+    write(
+        &p,
+        "2019-03-01-101010_add user email/down.sql",
+        "ALTER TABLE users DROP COLUMN email;\n",
+    );
+    write(
+        &p,
+        "2019-03-02-000000_index_email/up.sql",
+        "CREATE INDEX CONCURRENTLY users_email ON users (email);\n",
+    );
+    write(
+        &p,
+        "2019-03-02-000000_index_email/down.sql",
+        "DROP INDEX CONCURRENTLY users_email;\n",
+    );
+    write(
+        &p,
+        "2019-03-02-000000_index_email/metadata.toml",
+        "run_in_transaction = false\n",
+    );
+    write(&p, ".keep", "");
+    let r = p.ok(&["upgrade"]);
+    assert!(!r.stderr.contains("ignoring"), "{r}");
+    assert_eq!(current(&p), "2019-03-02-000000_index_email (head)");
+    db.client()
+        .await
+        .batch_execute("INSERT INTO users (name, email) SELECT 'u' || g, 'u' || g || '@x' FROM generate_series(1, 50) g")
+        .await
+        .unwrap();
+    // Down over the index (outside a transaction), then past the email column: its values
+    // are saved, then come back.
+    let r = p.ok(&["downgrade", "-1"]);
+    assert!(
+        r.stdout.contains("reverted 2019-03-02-000000_index_email"),
+        "{r}"
+    );
+    p.ok(&["downgrade", "-1"]);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM information_schema.columns WHERE column_name = 'email'"
+        )
+        .await,
+        0
+    );
+    p.ok(&["upgrade", "--restore"]);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM users WHERE email = name || '@x'").await,
+        50
+    );
+    let r = p.ok(&["rollback-test", "--rows", "20"]);
+    assert!(r.stdout.contains("result: PASS"), "{r}");
+}
+
+#[tokio::test]
+async fn golang_migrate_and_sqlx_files_run_in_version_order() {
+    let db = TestDb::new().await;
+    let p = Project::empty(&db.url);
+    // golang-migrate runs files as they are, so projects wrap them in BEGIN … COMMIT.
+    write(
+        &p,
+        "000001_create_users.up.sql",
+        "BEGIN;\nCREATE TABLE users (id bigserial PRIMARY KEY, name text NOT NULL);\nCOMMIT;\n",
+    );
+    write(&p, "000001_create_users.down.sql", "DROP TABLE users;\n");
+    write(
+        &p,
+        "000002_add_email.up.sql",
+        "ALTER TABLE users ADD COLUMN email text;\n",
+    );
+    write(
+        &p,
+        "000002_add_email.down.sql",
+        "ALTER TABLE users DROP COLUMN email;\n",
+    );
+    write(
+        &p,
+        "000010_add_age.up.sql",
+        "ALTER TABLE users ADD COLUMN age int;\n",
+    );
+    write(
+        &p,
+        "000010_add_age.down.sql",
+        "ALTER TABLE users DROP COLUMN age;\n",
+    );
+    write(&p, "README.md", "how to write migrations\n");
+    let r = p.ok(&["upgrade"]);
+    assert!(r.stderr.contains("README.md"), "strays are named: {r}");
+    assert_eq!(current(&p), "000010_add_age (head)");
+    let (_, history) = p.json(&["history"]);
+    let order: Vec<&str> = history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["revision"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        ["000001_create_users", "000002_add_email", "000010_add_age"]
+    );
+    let r = p.ok(&["rollback-test", "--rows", "20"]);
+    assert!(r.stdout.contains("result: PASS"), "{r}");
+
+    // A pair without its down file is named, with every other problem, in one run.
+    write(&p, "000011_a.up.sql", "SELECT 1;\n");
+    write(&p, "000012_b.down.sql", "SELECT 1;\n");
+    let r = p.run(&["upgrade"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("2 problems"), "{r}");
+    assert!(r.stderr.contains("000011_a.down.sql is missing"), "{r}");
+    assert!(r.stderr.contains("000012_b.up.sql is missing"), "{r}");
+}
+
+#[tokio::test]
+async fn dbmate_files_with_sections_and_transaction_false() {
+    let db = TestDb::new().await;
+    let p = Project::empty(&db.url);
+    write(
+        &p,
+        "20151129054053_create_users.sql",
+        "-- migrate:up\nCREATE TABLE users (id serial PRIMARY KEY, name text);\n\n-- migrate:down\nDROP TABLE users;\n",
+    );
+    write(
+        &p,
+        "20151129060000_index_users.sql",
+        "-- migrate:up transaction:false\nCREATE INDEX CONCURRENTLY users_name ON users (name);\n\n-- migrate:down transaction:false\nDROP INDEX CONCURRENTLY users_name;\n",
+    );
+    p.ok(&["upgrade"]);
+    assert_eq!(current(&p), "20151129060000_index_users (head)");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'users_name'"
+        )
+        .await,
+        1
+    );
+    let r = p.ok(&["rollback-test", "--rows", "20"]);
+    assert!(r.stdout.contains("result: PASS"), "{r}");
+    // A server error in the down section points at the file's own line.
+    write(
+        &p,
+        "20151129070000_broken.sql",
+        "-- migrate:up\nSELECT 1;\n-- migrate:down\nSELECT 1;\nSELEC 2;\n",
+    );
+    p.ok(&["upgrade"]);
+    let r = p.run(&["downgrade", "-1"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stderr
+            .contains("20151129070000_broken.sql (migrate:down)")
+            && r.stderr.contains("line 5"),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn folders_backstop_cannot_read_are_errors_not_a_green_run_of_nothing() {
+    let db = TestDb::new().await;
+    // Flyway: versioned files with no way down.
+    let p = Project::empty(&db.url);
+    write(&p, "V1__init.sql", "CREATE TABLE a (id int);\n");
+    write(&p, "V2__more.sql", "CREATE TABLE b (id int);\n");
+    for args in [&["upgrade"][..], &["rollback-test"][..], &["current"][..]] {
+        let r = p.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {r}");
+        assert!(
+            r.stderr.contains("holds no migrations backstop can read"),
+            "{r}"
+        );
+        assert!(r.stderr.contains("V1__init.sql, V2__more.sql"), "{r}");
+        assert!(r.stderr.contains("golang-migrate or sqlx"), "{r}");
+        assert!(r.stderr.contains("Flyway"), "{r}");
+    }
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM pg_tables WHERE tablename IN ('a', 'b')"
+        )
+        .await,
+        0
+    );
+
+    // Two layouts in one folder.
+    let p = Project::empty(&db.url);
+    write(&p, "001_a/up.sql", "SELECT 1;\n");
+    write(&p, "001_a/down.sql", "SELECT 1;\n");
+    write(&p, "000002_b.up.sql", "SELECT 1;\n");
+    write(&p, "000002_b.down.sql", "SELECT 1;\n");
+    let r = p.run(&["upgrade"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("mixes layouts"), "{r}");
+    assert!(r.stderr.contains("[migrations] layout"), "{r}");
+    // Told which one to read, the other is left aside with a warning.
+    p_with_layout(&p, "golang-migrate");
+    let r = p.ok(&["upgrade"]);
+    assert!(r.stderr.contains("001_a/"), "{r}");
+    assert_eq!(current(&p), "000002_b (head)");
+
+    // Nothing at all: upgrade and rollback-test refuse rather than pass.
+    let p = Project::empty(&db.url);
+    for (args, says) in [
+        (&["upgrade"][..], "nothing to upgrade"),
+        (&["rollback-test"][..], "rollback-test has nothing to test"),
+    ] {
+        let r = p.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {r}");
+        assert!(r.stderr.contains(says), "{r}");
+    }
+}
+
+fn p_with_layout(p: &Project, layout: &str) {
+    let path = p.path().join("backstop.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[migrations]\ndir = \"migrations\"\n",
+        &format!("[migrations]\ndir = \"migrations\"\nlayout = \"{layout}\"\n"),
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test]
+async fn a_script_that_cannot_run_in_a_transaction_names_its_layouts_marker() {
+    for (layout, files, says) in [
+        (
+            "backstop",
+            vec![
+                ("001_t/up.sql", "CREATE TABLE t (id int);"),
+                ("001_t/down.sql", "DROP TABLE t;"),
+                ("002_i/up.sql", "CREATE INDEX CONCURRENTLY t_id ON t (id);"),
+                ("002_i/down.sql", "DROP INDEX t_id;"),
+            ],
+            "-- backstop:no-transaction",
+        ),
+        (
+            "diesel",
+            vec![
+                ("2020-01-01-000000_t/up.sql", "CREATE TABLE t (id int);"),
+                ("2020-01-01-000000_t/down.sql", "DROP TABLE t;"),
+                (
+                    "2020-01-02-000000_i/up.sql",
+                    "CREATE INDEX CONCURRENTLY t_id ON t (id);",
+                ),
+                ("2020-01-02-000000_i/down.sql", "DROP INDEX t_id;"),
+            ],
+            "run_in_transaction = false",
+        ),
+        (
+            "dbmate",
+            vec![
+                (
+                    "20200101000000_t.sql",
+                    "-- migrate:up\nCREATE TABLE t (id int);\n-- migrate:down\nDROP TABLE t;",
+                ),
+                (
+                    "20200102000000_i.sql",
+                    "-- migrate:up\nVACUUM t;\n-- migrate:down\nSELECT 1;",
+                ),
+            ],
+            "transaction:false",
+        ),
+    ] {
+        let db = TestDb::new().await;
+        let p = Project::empty(&db.url);
+        for (rel, text) in files {
+            write(&p, rel, text);
+        }
+        let r = p.run(&["upgrade"]);
+        assert_eq!(r.code, 1, "{layout}: {r}");
+        assert!(
+            r.stderr.contains("must run outside a transaction"),
+            "{layout}: {r}"
+        );
+        assert!(r.stderr.contains(says), "{layout}: {r}");
+        // Nothing of the failed step stays.
+        assert_eq!(
+            count(
+                &db,
+                "SELECT count(*) FROM pg_indexes WHERE indexname = 't_id'"
+            )
+            .await,
+            0,
+            "{layout}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_database_another_tool_migrated_is_adopted_with_stamp() {
+    let db = TestDb::new().await;
+    let p = Project::empty(&db.url);
+    write(
+        &p,
+        "000001_create_users.up.sql",
+        "CREATE TABLE users (id bigserial PRIMARY KEY, name text NOT NULL);\n",
+    );
+    write(&p, "000001_create_users.down.sql", "DROP TABLE users;\n");
+    write(
+        &p,
+        "000002_add_email.up.sql",
+        "ALTER TABLE users ADD COLUMN email text;\n",
+    );
+    write(
+        &p,
+        "000002_add_email.down.sql",
+        "ALTER TABLE users DROP COLUMN email;\n",
+    );
+    // golang-migrate ran both, and keeps its own table.
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE users (id bigserial PRIMARY KEY, name text NOT NULL, email text);
+             CREATE TABLE schema_migrations (version bigint PRIMARY KEY, dirty boolean NOT NULL);
+             INSERT INTO schema_migrations VALUES (2, false);
+             INSERT INTO users (name, email) SELECT 'u' || g, 'e' || g FROM generate_series(1, 30) g;",
+        )
+        .await
+        .unwrap();
+    let r = p.run(&["upgrade"]);
+    assert_eq!(r.code, 4, "{r}");
+    assert!(r.stderr.contains("stamp"), "{r}");
+    p.ok(&["stamp", "head"]);
+    assert_eq!(current(&p), "000002_add_email (head)");
+    // From here on, a downgrade is protected like any other.
+    p.ok(&["downgrade", "-1"]);
+    p.ok(&["upgrade", "--restore"]);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM users WHERE email = 'e' || substr(name, 2)"
+        )
+        .await,
+        30
+    );
+}

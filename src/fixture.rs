@@ -1,14 +1,23 @@
 //! Generated rows for `rollback-test`: every table of a schema filled with N rows that respect
 //! column types, NOT NULL, foreign keys and (mostly) uniqueness, with the values that break
 //! naive CSV handling — NULLs, quotes, commas, newlines and non-ASCII text.
+//!
+//! Real schemas do not take any rows blindly, so each table is filled in a transaction of its
+//! own and, when PostgreSQL refuses the rows, tried again: with the nullable columns all NULL
+//! or all set (CHECK constraints that tie columns together), then row by row, keeping the rows
+//! it takes. Values of types it does not know (extension types, domains) are whatever of a
+//! few candidates the type accepts, else the column's default. A table that triggers already
+//! filled (a 1:1 profile made with each user) is checked as it is. A table it cannot fill at
+//! all is skipped with the reason, and every other table is still checked.
 
 use std::collections::BTreeMap;
 
 use anyhow::Context;
+use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::pg::catalog::user_tables;
-use crate::pg::{qualified, quote_ident, quote_literal, PgContext};
+use crate::pg::{qualified, quote_ident, quote_literal, PgContext, PgError};
 
 struct Column {
     name: String,
@@ -23,8 +32,71 @@ struct Column {
     references: Option<(String, String)>,
 }
 
-/// Fills every table of `schema` with `rows` rows, parents before children.
-pub async fn fill(client: &Client, schema: &str, rows: u64) -> anyhow::Result<Vec<String>> {
+/// A table the data check covers, and how its rows came to be.
+#[derive(Debug, Clone, Serialize)]
+pub struct Filled {
+    pub table: String,
+    pub rows: i64,
+    /// `generated`, `generated, nullable columns NULL`, `row by row`, `made by triggers`…
+    pub how: String,
+}
+
+/// A table left out of the data check, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub table: String,
+    pub reason: String,
+}
+
+/// What filling the schema did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FillReport {
+    pub filled: Vec<Filled>,
+    pub skipped: Vec<Skipped>,
+}
+
+impl FillReport {
+    pub fn tables(&self) -> Vec<String> {
+        self.filled.iter().map(|f| f.table.clone()).collect()
+    }
+}
+
+/// Which rows one INSERT makes: how the nullable columns are set.
+#[derive(Clone, Copy, PartialEq)]
+enum Nulls {
+    /// One row in seven has NULLs: the values CSV handling gets wrong.
+    Some,
+    /// Every nullable column NULL.
+    All,
+    /// No NULLs at all.
+    None,
+}
+
+impl Nulls {
+    fn describe(self) -> &'static str {
+        match self {
+            Nulls::Some => "generated",
+            Nulls::All => "generated, nullable columns NULL",
+            Nulls::None => "generated, no NULLs",
+        }
+    }
+}
+
+/// What a column gets.
+enum Value {
+    Expr(String),
+    /// Left out of the INSERT: the column's default (or NULL).
+    Omitted,
+}
+
+/// Fills every table of `schema` with `rows` rows, parents before children; `skip` names
+/// tables to leave out. Fails only when the database does not answer.
+pub async fn fill(
+    client: &Client,
+    schema: &str,
+    rows: u64,
+    skip: &[String],
+) -> anyhow::Result<FillReport> {
     let tables: Vec<(u32, String)> = user_tables(client, schema)
         .await?
         .into_iter()
@@ -55,45 +127,212 @@ pub async fn fill(client: &Client, schema: &str, rows: u64) -> anyhow::Result<Ve
             .unwrap_or(0);
         order.push(remaining.remove(i));
     }
-    let mut filled = Vec::new();
+    let mut report = FillReport::default();
     for (oid, name) in order {
-        let columns = columns(client, oid).await?;
-        let mut names = Vec::new();
-        let mut exprs = Vec::new();
-        for c in &columns {
-            if c.automatic {
-                continue;
-            }
-            match expression(c, schema) {
-                Some(e) => {
-                    names.push(quote_ident(&c.name));
-                    exprs.push(e);
-                }
-                None if c.nullable || c.has_default => {}
-                None => anyhow::bail!(
-                    "cannot generate values of type {} for column {name}.{}; rollback-test --rows 0 skips the data check",
-                    c.sql_type,
-                    c.name
-                ),
-            }
+        let skipped = |reason: String| Skipped {
+            table: name.clone(),
+            reason,
+        };
+        if skip
+            .iter()
+            .any(|s| s == &name || *s == format!("{schema}.{name}"))
+        {
+            report
+                .skipped
+                .push(skipped("left out with --rows-skip".into()));
+            continue;
         }
         let target = qualified(schema, &name);
-        let sql = if names.is_empty() {
-            format!("INSERT INTO {target} SELECT FROM generate_series(1, {rows}) g")
-        } else {
-            format!(
-                "INSERT INTO {target} ({}) SELECT {} FROM generate_series(1, {rows}) g",
-                names.join(", "),
-                exprs.join(", ")
-            )
+        let already = count(client, &target).await?;
+        if already > 0 {
+            report.filled.push(Filled {
+                table: name,
+                rows: already,
+                how: "made by triggers as other tables were filled".into(),
+            });
+            continue;
+        }
+        let columns = columns(client, oid).await?;
+        let values = match plan_values(client, &columns, schema, rows).await? {
+            Ok(v) => v,
+            Err(reason) => {
+                report.skipped.push(skipped(reason));
+                continue;
+            }
         };
-        client
-            .batch_execute(&sql)
-            .await
-            .pg(|| format!("filling table {name} with generated rows"))?;
-        filled.push(name);
+        match insert(client, &target, &values, rows).await? {
+            Ok((rows, how)) => report.filled.push(Filled {
+                table: name,
+                rows,
+                how,
+            }),
+            Err(reason) => report.skipped.push(skipped(reason)),
+        }
     }
-    Ok(filled)
+    Ok(report)
+}
+
+async fn count(client: &Client, target: &str) -> anyhow::Result<i64> {
+    Ok(client
+        .query_one(&format!("SELECT count(*) FROM {target}"), &[])
+        .await
+        .pg(|| format!("counting the rows of {target}"))?
+        .get(0))
+}
+
+/// A value for every column the INSERT names, or why the table cannot be filled.
+async fn plan_values(
+    client: &Client,
+    columns: &[Column],
+    schema: &str,
+    rows: u64,
+) -> anyhow::Result<Result<Vec<(String, Value, bool)>, String>> {
+    let mut out = Vec::new();
+    for c in columns.iter().filter(|c| !c.automatic) {
+        let mut chosen = None;
+        for candidate in candidates(c, schema) {
+            if accepts(client, &candidate, rows).await? {
+                chosen = Some(candidate);
+                break;
+            }
+        }
+        match chosen {
+            Some(e) => out.push((quote_ident(&c.name), Value::Expr(e), c.nullable)),
+            None if c.has_default || c.nullable => {
+                out.push((quote_ident(&c.name), Value::Omitted, c.nullable))
+            }
+            None => {
+                return Ok(Err(format!(
+                    "no value of type {} could be made for NOT NULL column {} (no default to fall back on)",
+                    c.sql_type, c.name
+                )))
+            }
+        }
+    }
+    Ok(Ok(out))
+}
+
+/// Whether PostgreSQL evaluates `expr` for the first rows (a cast it cannot make, a domain
+/// CHECK it breaks, fail here, before any row is written).
+async fn accepts(client: &Client, expr: &str, rows: u64) -> anyhow::Result<bool> {
+    let probe = format!(
+        "SELECT count({expr}) FROM generate_series(1, {}) g",
+        rows.clamp(1, 50)
+    );
+    Ok(client.simple_query(&probe).await.is_ok())
+}
+
+/// Tries the whole table at once in each way of setting NULLs, then row by row; returns the
+/// rows written and how, or why none could be.
+async fn insert(
+    client: &Client,
+    target: &str,
+    values: &[(String, Value, bool)],
+    rows: u64,
+) -> anyhow::Result<Result<(i64, String), String>> {
+    let sql = |nulls: Nulls, from: &str, to: &str| {
+        let set: Vec<&(String, Value, bool)> = values
+            .iter()
+            .filter(|(_, v, nullable)| match v {
+                Value::Omitted => false,
+                Value::Expr(_) => !(*nullable && nulls == Nulls::All),
+            })
+            .collect();
+        if set.is_empty() {
+            return format!("INSERT INTO {target} SELECT FROM generate_series({from}, {to}) g");
+        }
+        let names: Vec<&str> = set.iter().map(|(n, _, _)| n.as_str()).collect();
+        let exprs: Vec<String> = set
+            .iter()
+            .map(|(_, v, nullable)| match v {
+                Value::Expr(e) if *nullable && nulls == Nulls::Some => {
+                    format!("CASE WHEN g % 7 = 0 THEN NULL ELSE {e} END")
+                }
+                Value::Expr(e) => e.clone(),
+                Value::Omitted => unreachable!(),
+            })
+            .collect();
+        format!(
+            "INSERT INTO {target} ({}) SELECT {} FROM generate_series({from}, {to}) g",
+            names.join(", "),
+            exprs.join(", ")
+        )
+    };
+    let variants = [Nulls::Some, Nulls::All, Nulls::None];
+    let mut last = String::new();
+    for nulls in variants {
+        client
+            .batch_execute("BEGIN")
+            .await
+            .pg(|| "starting a fill")?;
+        match client
+            .batch_execute(&sql(nulls, "1", &rows.to_string()))
+            .await
+        {
+            Ok(()) => {
+                client
+                    .batch_execute("COMMIT")
+                    .await
+                    .pg(|| "ending a fill")?;
+                return Ok(Ok((rows as i64, nulls.describe().into())));
+            }
+            Err(e) => {
+                last = generated_data_error(e);
+                client
+                    .batch_execute("ROLLBACK")
+                    .await
+                    .pg(|| "ending a fill")?;
+            }
+        }
+    }
+    // Row by row: keep every row one of the ways gets in.
+    client
+        .batch_execute("BEGIN")
+        .await
+        .pg(|| "starting a fill")?;
+    let mut written = 0i64;
+    for g in 1..=rows {
+        for nulls in variants {
+            client
+                .batch_execute("SAVEPOINT fill_row")
+                .await
+                .pg(|| "filling row by row")?;
+            let g = g.to_string();
+            match client.batch_execute(&sql(nulls, &g, &g)).await {
+                Ok(()) => {
+                    written += 1;
+                    client
+                        .batch_execute("RELEASE SAVEPOINT fill_row")
+                        .await
+                        .pg(|| "filling row by row")?;
+                    break;
+                }
+                Err(e) => {
+                    last = generated_data_error(e);
+                    client
+                        .batch_execute("ROLLBACK TO SAVEPOINT fill_row")
+                        .await
+                        .pg(|| "filling row by row")?;
+                }
+            }
+        }
+    }
+    client
+        .batch_execute("COMMIT")
+        .await
+        .pg(|| "ending a fill")?;
+    if written == 0 {
+        return Ok(Err(format!("no generated row was accepted: {last}")));
+    }
+    Ok(Ok((
+        written,
+        format!("row by row, {written} of {rows} accepted (the others: {last})"),
+    )))
+}
+
+/// An error about generated rows, values included: they are made up, on a scratch database.
+pub fn generated_data_error(e: tokio_postgres::Error) -> String {
+    PgError::with_values(e).message
 }
 
 async fn columns(client: &Client, oid: u32) -> anyhow::Result<Vec<Column>> {
@@ -141,50 +380,59 @@ async fn columns(client: &Client, oid: u32) -> anyhow::Result<Vec<Column>> {
         .collect())
 }
 
-/// An SQL expression over `g` (1..N) for one column, or `None` for types it cannot make up.
-fn expression(c: &Column, schema: &str) -> Option<String> {
+/// SQL expressions over `g` (1..N) for one column, best first: the value for its type, then
+/// what a type backstop does not know may accept (text, a number); empty when none fits.
+fn candidates(c: &Column, schema: &str) -> Vec<String> {
     if let Some((table, column)) = &c.references {
         let parent = qualified(schema, table);
         let col = quote_ident(column);
-        return Some(format!(
+        return vec![format!(
             "(SELECT {col} FROM {parent} ORDER BY {col} OFFSET ((g - 1) % greatest((SELECT count(*) FROM {parent}), 1)) LIMIT 1)"
-        ));
+        )];
     }
-    let value = match (c.category.as_str(), c.typname.as_str()) {
-        (_, "int2") => "(g % 32000)".to_string(),
-        ("N", "int4" | "int8" | "oid") => "g".to_string(),
-        ("N", _) => "(g * 1.25)".to_string(),
-        ("S", _) => format!(
+    let typed = match (c.category.as_str(), c.typname.as_str()) {
+        (_, "int2") => Some("(g % 32000)".to_string()),
+        ("N", "int4" | "int8" | "oid") => Some("g".to_string()),
+        ("N", _) => Some("(g * 1.25)".to_string()),
+        ("S", _) => Some(format!(
             "{} || g || E' \"quoted\", comma\\nnew line, tab\\t, caf\u{e9} \u{1f980}'",
             quote_literal("row ")
-        ),
-        ("B", _) => "(g % 2 = 0)".to_string(),
-        ("D", "date") => "(date '2026-01-01' + g::int)".to_string(),
+        )),
+        ("B", _) => Some("(g % 2 = 0)".to_string()),
+        ("D", "date") => Some("(date '2026-01-01' + g::int)".to_string()),
         ("D", "time" | "timetz") => {
-            "(time '00:00:00.000001' + g * interval '1 second')".to_string()
+            Some("(time '00:00:00.000001' + g * interval '1 second')".to_string())
         }
-        ("D", _) => {
+        ("D", _) => Some(
             "(timestamptz '2026-01-01 00:00:00.123456+00' + g * interval '1 minute 1 microsecond')"
-                .to_string()
+                .to_string(),
+        ),
+        ("T", _) => Some("(g * interval '1 minute 2 seconds')".to_string()),
+        ("U", "uuid") => Some("md5(g::text)::uuid".to_string()),
+        ("U", "json" | "jsonb") => {
+            Some("json_build_object('g', g, 'text', 'a \"q\", b')".to_string())
         }
-        ("T", _) => "(g * interval '1 minute 2 seconds')".to_string(),
-        ("U", "uuid") => "md5(g::text)::uuid".to_string(),
-        ("U", "json" | "jsonb") => "json_build_object('g', g, 'text', 'a \"q\", b')".to_string(),
-        ("U", "bytea") => "decode(md5(g::text), 'hex')".to_string(),
-        ("E", _) => format!(
+        ("U", "bytea") => Some("decode(md5(g::text), 'hex')".to_string()),
+        ("E", _) => Some(format!(
             "(enum_range(NULL::{t}))[1 + (g % array_length(enum_range(NULL::{t}), 1))::int]",
             t = c.sql_type
-        ),
-        ("I", "inet") => "('10.0.0.0'::inet + g)".to_string(),
-        ("A", _) => "'{}'".to_string(),
-        _ => return None,
+        )),
+        ("I", "inet") => Some("('10.0.0.0'::inet + g)".to_string()),
+        ("A", _) => Some("'{}'".to_string()),
+        _ => None,
     };
-    let cast = format!("({value})::{}", c.sql_type);
-    Some(if c.nullable {
-        format!("CASE WHEN g % 7 = 0 THEN NULL ELSE {cast} END")
-    } else {
-        cast
-    })
+    // What an extension type or a domain with a CHECK may take instead: letters only (ltree
+    // labels, a `^[a-z]+$` domain), a text with the row number, a bare number.
+    let fallbacks = [
+        "('v' || g)".to_string(),
+        "(repeat(chr(97 + (g % 26)::int), 1 + (g / 26)::int))".to_string(),
+        "g".to_string(),
+    ];
+    typed
+        .into_iter()
+        .chain(fallbacks)
+        .map(|v| format!("({v})::{}", c.sql_type))
+        .collect()
 }
 
 /// md5 over every row of every table (rows ordered by their text), for before/after checks.
@@ -209,4 +457,63 @@ pub async fn fingerprint(
         out.insert(t.clone(), md5);
     }
     Ok(out)
+}
+
+/// When `sql` (a down script that just failed) fails on data — a NOT NULL, a CHECK, a
+/// duplicate, a value that does not convert — rather than on the schema, says so, with the
+/// generated row at fault where PostgreSQL names one; `None` when the failure is not about
+/// data. Runs the script again in a transaction that is rolled back.
+pub async fn explain_data_failure(
+    client: &Client,
+    schema: &str,
+    sql: &str,
+) -> anyhow::Result<Option<String>> {
+    client
+        .batch_execute("BEGIN")
+        .await
+        .pg(|| "re-running a script")?;
+    let failed = client.batch_execute(sql).await.err();
+    client
+        .batch_execute("ROLLBACK")
+        .await
+        .pg(|| "re-running a script")?;
+    let Some(e) = failed else { return Ok(None) };
+    let Some(db) = e.as_db_error() else {
+        return Ok(None);
+    };
+    let class = &db.code().code()[..2];
+    if class != "22" && class != "23" {
+        return Ok(None);
+    }
+    let at = (
+        db.schema().unwrap_or(schema).to_string(),
+        db.table().map(str::to_string),
+        db.column().map(str::to_string),
+    );
+    let mut out = format!(
+        "fails on the generated data, not on the schema: {}",
+        PgError::with_values(e).message
+    );
+    if let (in_schema, Some(table), Some(column)) = at {
+        let target = qualified(&in_schema, &table);
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT r::text FROM {target} r WHERE {} IS NULL LIMIT 1",
+                    quote_ident(&column)
+                ),
+                &[],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get::<_, String>(0));
+        if let Some(row) = row {
+            out.push_str(&format!("; a generated row of {table}: {row}"));
+        }
+    }
+    out.push_str(
+        "; the script must cope with rows like it (generated rows put NULL in nullable columns); --rows-skip TABLE leaves the table out of the data check",
+    );
+    Ok(Some(out))
 }

@@ -16,6 +16,19 @@ pub struct RollbackTestArgs {
     /// Generated rows per table for the data check (0 skips it)
     #[arg(long, default_value_t = 1000)]
     pub rows: u64,
+    /// Leave a table out of the data check (repeatable), e.g. one only triggers may write
+    #[arg(long = "rows-skip", value_name = "TABLE")]
+    pub rows_skip: Vec<String>,
+    /// Accept a kind of schema difference (repeatable)
+    #[arg(long = "allow", value_enum, value_name = "WHAT")]
+    pub allow: Vec<Allow>,
+}
+
+/// Schema differences `rollback-test` can be told to accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Allow {
+    /// Columns re-added at the end of their table after a down and up pair
+    ColumnOrder,
 }
 
 pub async fn run(ctx: &Ctx, args: RollbackTestArgs) -> anyhow::Result<Output> {
@@ -31,6 +44,8 @@ pub async fn run(ctx: &Ctx, args: RollbackTestArgs) -> anyhow::Result<Output> {
     let options = RollbackTestOptions {
         keep: args.keep,
         rows: args.rows,
+        rows_skip: args.rows_skip,
+        allow_column_order: args.allow.contains(&Allow::ColumnOrder),
     };
     let report = run_procedure(
         &db,

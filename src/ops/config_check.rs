@@ -1,6 +1,7 @@
 //! `config check`: every problem in the configuration at once, before a daemon or a cron job
 //! trips over them one by one: values, schedules (cron and time zone), the listen address,
-//! the database and store locations, and, when the database answers, the tables named.
+//! the database and store locations, the migrations folder, and, when the database answers,
+//! the tables named.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,6 +9,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::config::{process_env, Config, Loaded};
+use crate::migrate::MigrationSet;
 use crate::pg::catalog::{data_tables, Schemas};
 use crate::pg::Database;
 use crate::schedule::Schedule;
@@ -56,6 +58,18 @@ pub async fn check(explicit: Option<&Path>) -> anyhow::Result<CheckReport> {
         if let Err(e) = Location::parse(url) {
             problems.push(format!("{origin}: {e:#}"));
         }
+    }
+    let migrations = loaded.migrations_dir();
+    if migrations.is_dir() {
+        if let Err(e) = MigrationSet::load_as(&migrations, config.migrations.layout) {
+            problems.push(format!("{origin}: [migrations] {e:#}"));
+        }
+    } else {
+        // A host that only runs the daemon needs no migrations.
+        unchecked.push(format!(
+            "no migrations directory at {} ([migrations] dir), so none were checked",
+            migrations.display()
+        ));
     }
     match &config.database.url {
         None => unchecked.push(

@@ -8,6 +8,7 @@
 //! each step returns exactly to the snapshot taken before that migration; re-applies to head
 //! and checks the schema is identical to the first time.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -20,9 +21,10 @@ use crate::backup::manifest::random_hex;
 use crate::config::{BackupConfig, DatabaseConfig};
 use crate::context::OpContext;
 use crate::error::usage;
+use crate::fixture::{explain_data_failure, fill, fingerprint, Filled, Skipped};
 use crate::migrate::{DownTarget, MigrationSet, UpTarget};
 use crate::pg::{quote_ident, Database, PgContext};
-use crate::schema::Snapshot;
+use crate::schema::{DiffOptions, Snapshot};
 use crate::store::DirStore;
 
 /// What `rollback-test` was asked to do.
@@ -32,6 +34,10 @@ pub struct RollbackTestOptions {
     pub keep: bool,
     /// Generated rows per table; 0 skips the data check.
     pub rows: u64,
+    /// Tables left out of the data check.
+    pub rows_skip: Vec<String>,
+    /// Columns in another order after a down and up pair are not a failure.
+    pub allow_column_order: bool,
 }
 
 /// Result of one success criterion of the original procedure.
@@ -62,6 +68,10 @@ pub struct RollbackTestReport {
     pub criteria: Vec<Criterion>,
     /// Schema differences found, one line each, for the criteria that failed.
     pub differences: Vec<String>,
+    /// The tables the data check covered, and how their rows came to be.
+    pub data_checked: Vec<Filled>,
+    /// The tables left out of the data check, and why.
+    pub data_skipped: Vec<Skipped>,
 }
 
 impl RollbackTestReport {
@@ -77,11 +87,7 @@ impl RollbackTestReport {
             "rollback-test on scratch database {} ({})\nmigrations: {}\n\n",
             self.scratch_database,
             if self.kept { "kept" } else { "dropped" },
-            if self.migrations.is_empty() {
-                "(none)".to_string()
-            } else {
-                self.migrations.join(", ")
-            }
+            summary(&self.migrations)
         );
         let width = self
             .criteria
@@ -102,6 +108,12 @@ impl RollbackTestReport {
             };
             s.push_str(&format!("{:width$}  {:7}  {}\n", c.name, result, c.detail));
         }
+        if !self.data_skipped.is_empty() {
+            s.push_str("\nleft out of the data check:\n");
+            for t in &self.data_skipped {
+                s.push_str(&format!("  {}: {}\n", t.table, t.reason));
+            }
+        }
         if !self.differences.is_empty() {
             s.push_str("\ndifferences:\n");
             for d in &self.differences {
@@ -114,6 +126,20 @@ impl RollbackTestReport {
             "\nresult: FAIL\n"
         });
         s
+    }
+}
+
+/// The migrations on one line: all of a few, the ends of many (`--json` has them all).
+fn summary(migrations: &[String]) -> String {
+    const ENDS: usize = 3;
+    match migrations.len() {
+        0 => "(none)".to_string(),
+        n if n <= 2 * ENDS + 1 => migrations.join(", "),
+        n => format!(
+            "{n}: {}, … {}",
+            migrations[..ENDS].join(", "),
+            migrations[n - ENDS..].join(", ")
+        ),
     }
 }
 
@@ -157,7 +183,7 @@ pub async fn run(
     // Pre-downgrade backups of the scratch database go to a directory of their own.
     let backups = std::env::temp_dir().join(format!("{name}-backups"));
     let outcome = tokio::select! {
-        r = procedure(&scratch, settings, set, expected, options.rows, &backups, ctx) => r,
+        r = procedure(&scratch, settings, set, expected, options, &backups, ctx) => r,
         _ = ctx.cancelled() => Err(ctx.interrupted()),
     };
     let _ = std::fs::remove_dir_all(&backups);
@@ -191,10 +217,16 @@ pub async fn run(
 struct Checklist {
     criteria: Vec<Criterion>,
     differences: Vec<String>,
+    /// For each difference, how many later comparisons showed it again.
+    repeats: Vec<usize>,
+    /// The differences the last step down showed, by text, with their index.
+    open: BTreeMap<String, usize>,
+    accept: DiffOptions,
+    filled: crate::fixture::FillReport,
 }
 
 impl Checklist {
-    fn new() -> Checklist {
+    fn new(accept: DiffOptions) -> Checklist {
         Checklist {
             criteria: CRITERIA
                 .iter()
@@ -205,6 +237,10 @@ impl Checklist {
                 })
                 .collect(),
             differences: Vec::new(),
+            repeats: Vec::new(),
+            open: BTreeMap::new(),
+            accept,
+            filled: Default::default(),
         }
     }
 
@@ -217,11 +253,48 @@ impl Checklist {
 
     /// Compares two snapshots for a criterion; returns whether they matched.
     fn compare(&mut self, context: &str, want: &Snapshot, got: &Snapshot) -> bool {
-        let changes = want.diff(got);
+        let changes = want.diff_with(got, self.accept);
         for c in &changes {
             self.differences.push(format!("{context}: {c}"));
+            self.repeats.push(0);
         }
         changes.is_empty()
+    }
+
+    /// Like [`Checklist::compare`], for one step of a walk down: a difference the step
+    /// before already showed (an object a later down script left behind is still there at
+    /// every earlier step) is the same cause, counted there rather than listed again.
+    fn compare_step(&mut self, context: &str, want: &Snapshot, got: &Snapshot) -> bool {
+        let changes = want.diff_with(got, self.accept);
+        let mut still = BTreeMap::new();
+        for c in &changes {
+            let text = c.to_string();
+            match self.open.get(&text) {
+                Some(&i) => {
+                    self.repeats[i] += 1;
+                    still.insert(text, i);
+                }
+                None => {
+                    self.differences.push(format!("{context}: {c}"));
+                    self.repeats.push(0);
+                    still.insert(text, self.differences.len() - 1);
+                }
+            }
+        }
+        self.open = still;
+        changes.is_empty()
+    }
+
+    /// The differences, each once, with how many later steps still showed it.
+    fn differences(&self) -> Vec<String> {
+        self.differences
+            .iter()
+            .zip(&self.repeats)
+            .map(|(d, n)| match n {
+                0 => d.clone(),
+                n => format!("{d}\n(the same after each of the next {n} step(s) down: one cause, listed once)"),
+            })
+            .collect()
     }
 }
 
@@ -230,23 +303,28 @@ async fn procedure(
     settings: &DatabaseConfig,
     set: &MigrationSet,
     expected: Option<Snapshot>,
-    rows: u64,
+    options: &RollbackTestOptions,
     backups: &std::path::Path,
     ctx: &OpContext,
 ) -> anyhow::Result<RollbackTestReport> {
+    let rows = options.rows;
     let store = Arc::new(DirStore::new(backups.to_path_buf()));
     let engine = Migrator::new(scratch.clone(), settings.clone(), set.clone())
         .with_store(store, BackupConfig::default());
     let schema = settings.schema.as_str();
     let snap = || Snapshot::capture(scratch, settings);
     let revisions: Vec<String> = set.migrations.iter().map(|m| m.revision.clone()).collect();
-    let mut list = Checklist::new();
+    let mut list = Checklist::new(DiffOptions {
+        allow_column_order: options.allow_column_order,
+    });
     let report = |list: Checklist| RollbackTestReport {
         scratch_database: String::new(),
         kept: false,
         migrations: revisions.clone(),
+        differences: list.differences(),
+        data_checked: list.filled.filled,
+        data_skipped: list.filled.skipped,
         criteria: list.criteria,
-        differences: list.differences,
     };
     let up = |target: UpTarget| UpgradeOptions {
         target,
@@ -301,14 +379,26 @@ async fn procedure(
     let mut before_data = None;
     if rows > 0 {
         let client = scratch.connect().await?;
-        match crate::fixture::fill(&client, schema, rows).await {
-            Ok(tables) => {
-                before_data = Some((
-                    tables.clone(),
-                    crate::fixture::fingerprint(&client, schema, &tables).await?,
-                ))
+        match fill(&client, schema, rows, &options.rows_skip).await {
+            Ok(filled) => {
+                let tables = filled.tables();
+                if tables.is_empty() && !filled.skipped.is_empty() {
+                    list.set(
+                        "data restored",
+                        Outcome::Fail,
+                        "no table could be filled, so no data was checked (see below); --rows 0 leaves the data check out on purpose",
+                    );
+                } else {
+                    before_data =
+                        Some((tables.clone(), fingerprint(&client, schema, &tables).await?));
+                }
+                list.filled = filled;
             }
-            Err(e) => list.set("data restored", Outcome::Fail, format!("{e:#}")),
+            Err(e) => list.set(
+                "data restored",
+                Outcome::NotRun,
+                format!("the tables could not be filled: {e:#}"),
+            ),
         }
     } else {
         list.set(
@@ -322,7 +412,19 @@ async fn procedure(
     let mut reverted_cleanly = true;
     for (i, rev) in revisions.iter().enumerate().rev() {
         if let Err(e) = downgrade(&engine, &down(DownTarget::Relative(1)), ctx).await {
-            list.set("downgrade succeeds", Outcome::Fail, format!("{rev}: {e:#}"));
+            let script = &set.migrations[i].down;
+            let data = match (&before_data, script.no_transaction) {
+                (Some(_), false) => {
+                    let client = scratch.connect().await?;
+                    explain_data_failure(&client, schema, &script.sql).await?
+                }
+                _ => None,
+            };
+            let detail = match data {
+                Some(why) => format!("{rev}: {} {why}", script.name),
+                None => format!("{rev}: {e:#}"),
+            };
+            list.set("downgrade succeeds", Outcome::Fail, detail);
             return Ok(report(list));
         }
         let now = snap().await?;
@@ -331,7 +433,7 @@ async fn procedure(
         } else {
             revisions[i - 1].clone()
         };
-        reverted_cleanly &= list.compare(
+        reverted_cleanly &= list.compare_step(
             &format!("after reverting {rev} vs {before}"),
             &snapshots[i],
             &now,
@@ -387,17 +489,22 @@ async fn procedure(
     }
     if let Some((tables, want)) = before_data {
         let client = scratch.connect().await?;
-        let got = crate::fixture::fingerprint(&client, schema, &tables).await?;
+        let got = fingerprint(&client, schema, &tables).await?;
         let differ: Vec<&String> = tables
             .iter()
             .filter(|t| want.get(*t) != got.get(*t))
             .collect();
+        let skipped = match list.filled.skipped.len() {
+            0 => String::new(),
+            n => format!("; {n} table(s) left out (see below)"),
+        };
         if differ.is_empty() {
+            let rows: i64 = list.filled.filled.iter().map(|f| f.rows).sum();
             list.set(
                 "data restored",
                 Outcome::Pass,
                 format!(
-                    "{rows} row(s) in each of {} table(s), md5-identical",
+                    "{} table(s) checked, {rows} row(s), md5-identical{skipped}",
                     tables.len()
                 ),
             );
@@ -413,7 +520,7 @@ async fn procedure(
             list.set(
                 "data restored",
                 Outcome::Fail,
-                format!("rows differ in {}", names.join(", ")),
+                format!("rows differ in {}{skipped}", names.join(", ")),
             );
         }
     }

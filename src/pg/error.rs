@@ -42,8 +42,19 @@ fn without_value(text: &str) -> &str {
 
 impl From<tokio_postgres::Error> for PgError {
     fn from(e: tokio_postgres::Error) -> PgError {
+        PgError::build(e, SHOW_ROW_VALUES.load(Ordering::Relaxed))
+    }
+}
+
+impl PgError {
+    /// The error with the row values PostgreSQL names, whatever `-v` says: only for rows
+    /// backstop made up itself (rollback-test's generated data on its scratch database).
+    pub fn with_values(e: tokio_postgres::Error) -> PgError {
+        PgError::build(e, true)
+    }
+
+    fn build(e: tokio_postgres::Error, show: bool) -> PgError {
         if let Some(db) = e.as_db_error() {
-            let show = SHOW_ROW_VALUES.load(Ordering::Relaxed);
             let hides = !show && names_values(db.code());
             let mut message = if hides {
                 without_value(db.message()).to_string()

@@ -6,9 +6,24 @@ use serde::Serialize;
 
 use super::{describe_column, Column, Sequence, Snapshot, Table};
 
+/// Differences a caller chooses to accept.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiffOptions {
+    /// Columns in another order (a column dropped and added again lands at the end) are
+    /// the same table: PostgreSQL cannot reorder columns, so a down and up pair cannot
+    /// restore the order without rebuilding the table.
+    pub allow_column_order: bool,
+}
+
 impl Snapshot {
     /// Every difference from `self` to `other`, in a stable order.
     pub fn diff(&self, other: &Snapshot) -> Vec<Change> {
+        self.diff_with(other, DiffOptions::default())
+    }
+
+    /// Every difference from `self` to `other` that `options` does not accept. Function
+    /// and view definitions that differ only in whitespace are the same.
+    pub fn diff_with(&self, other: &Snapshot, options: DiffOptions) -> Vec<Change> {
         let mut out = Vec::new();
         if self.schema != other.schema {
             out.push(Change::changed("schema", &self.schema, &other.schema));
@@ -22,7 +37,7 @@ impl Snapshot {
                 _ => {}
             }
             let (a, b) = (a.unwrap_or(&empty), b.unwrap_or(&empty));
-            diff_columns(name, &a.columns, &b.columns, &mut out);
+            diff_columns(name, &a.columns, &b.columns, options, &mut out);
             diff_map(&format!("index {name}."), &a.indexes, &b.indexes, &mut out);
             diff_map(
                 &format!("constraint {name}."),
@@ -48,14 +63,30 @@ impl Snapshot {
             &seq(&other.sequences),
             &mut out,
         );
-        diff_map("view ", &self.views, &other.views, &mut out);
+        diff_map(
+            "view ",
+            &squeezed(&self.views),
+            &squeezed(&other.views),
+            &mut out,
+        );
         let enums = |m: &BTreeMap<String, Vec<String>>| -> BTreeMap<String, String> {
             m.iter().map(|(k, v)| (k.clone(), v.join(", "))).collect()
         };
         diff_map("enum ", &enums(&self.enums), &enums(&other.enums), &mut out);
-        diff_map("function ", &self.functions, &other.functions, &mut out);
+        diff_map(
+            "function ",
+            &squeezed(&self.functions),
+            &squeezed(&other.functions),
+            &mut out,
+        );
         out
     }
+}
+
+/// Definitions with every run of whitespace made one space: re-indenting a function body
+/// or a view is not a change of the schema.
+fn squeezed(m: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), one_line(v))).collect()
 }
 
 fn keys<'a, V>(a: &'a BTreeMap<String, V>, b: &'a BTreeMap<String, V>) -> Vec<&'a String> {
@@ -83,7 +114,13 @@ fn diff_map(
     }
 }
 
-fn diff_columns(table: &str, a: &[Column], b: &[Column], out: &mut Vec<Change>) {
+fn diff_columns(
+    table: &str,
+    a: &[Column],
+    b: &[Column],
+    options: DiffOptions,
+    out: &mut Vec<Change>,
+) {
     for c in a {
         match b.iter().find(|x| x.name == c.name) {
             None => out.push(Change::removed(
@@ -111,7 +148,7 @@ fn diff_columns(table: &str, a: &[Column], b: &[Column], out: &mut Vec<Change>) 
             .collect()
     };
     let (oa, ob) = (order(a, b), order(b, a));
-    if oa != ob {
+    if oa != ob && !options.allow_column_order {
         out.push(Change::changed(
             &format!("column order of {table}"),
             &oa.join(", "),
@@ -254,5 +291,31 @@ mod tests {
         let changes = a.diff(&b);
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].object, "column order of t");
+        let accepted = DiffOptions {
+            allow_column_order: true,
+        };
+        assert!(a.diff_with(&b, accepted).is_empty());
+    }
+
+    #[test]
+    fn reindented_functions_and_views_are_the_same() {
+        let mut a = Snapshot::default();
+        a.functions.insert(
+            "f()".into(),
+            "CREATE FUNCTION f() RETURNS int AS $$\nBEGIN\n    RETURN 1;\nEND $$".into(),
+        );
+        a.views.insert("v".into(), " SELECT 1 AS one;".into());
+        let mut b = a.clone();
+        b.functions.insert(
+            "f()".into(),
+            "CREATE FUNCTION f() RETURNS int AS $$\nBEGIN\n\tRETURN 1;\nEND $$".into(),
+        );
+        b.views.insert("v".into(), "SELECT 1 AS one;\n".into());
+        assert!(a.diff(&b).is_empty(), "{:?}", a.diff(&b));
+        b.functions.insert(
+            "f()".into(),
+            "CREATE FUNCTION f() RETURNS int AS $$\nBEGIN\n    RETURN 2;\nEND $$".into(),
+        );
+        assert_eq!(a.diff(&b).len(), 1);
     }
 }

@@ -24,7 +24,7 @@ use crate::pg::{Database, PgContext};
 
 mod diff;
 
-pub use diff::{Change, ChangeKind};
+pub use diff::{Change, ChangeKind, DiffOptions};
 
 /// Version of the snapshot JSON; bumped when the layout changes.
 pub const SNAPSHOT_FORMAT: u32 = 1;

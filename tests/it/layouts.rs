@@ -384,3 +384,21 @@ async fn a_database_another_tool_migrated_is_adopted_with_stamp() {
         30
     );
 }
+
+#[tokio::test]
+async fn config_check_reads_the_migrations_folder_too() {
+    let db = TestDb::new().await;
+    let p = Project::empty(&db.url);
+    write(&p, "V1__init.sql", "CREATE TABLE a (id int);\n");
+    let r = p.run(&["config", "check"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stdout.contains("[migrations]"), "{r}");
+    assert!(
+        r.stdout.contains("holds no migrations backstop can read"),
+        "{r}"
+    );
+    std::fs::remove_file(p.migrations().join("V1__init.sql")).unwrap();
+    write(&p, "000001_a.up.sql", "SELECT 1;\n");
+    write(&p, "000001_a.down.sql", "SELECT 1;\n");
+    p.ok(&["config", "check"]);
+}

@@ -10,6 +10,7 @@ mod downgrade;
 mod layouts;
 mod migrate;
 mod ops;
+mod rollback_real;
 mod rollback_test;
 mod schema;
 mod serve;

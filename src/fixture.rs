@@ -1,4 +1,4 @@
-//! Generated rows for `rollback-test`: every table of a schema filled with N rows that respect
+//! Generated rows for `rollback-test`: every table of every user schema filled with N rows that respect
 //! column types, NOT NULL, foreign keys and (mostly) uniqueness, with the values that break
 //! naive CSV handling — NULLs, quotes, commas, newlines and non-ASCII text.
 //!
@@ -16,7 +16,7 @@ use anyhow::Context;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::pg::catalog::user_tables;
+use crate::pg::catalog::all_user_tables;
 use crate::pg::{qualified, quote_ident, quote_literal, PgContext, PgError};
 
 struct Column {
@@ -28,14 +28,18 @@ struct Column {
     /// serial, identity or generated: left to the database.
     automatic: bool,
     has_default: bool,
-    /// (parent table, parent column) for a single-column foreign key.
+    /// The parent table (quoted and qualified) and column of a single-column foreign key.
     references: Option<(String, String)>,
 }
 
 /// A table the data check covers, and how its rows came to be.
 #[derive(Debug, Clone, Serialize)]
 pub struct Filled {
+    /// `name` in the configured schema, `schema.name` in any other.
     pub table: String,
+    /// The table for SQL, quoted and qualified.
+    #[serde(skip)]
+    pub target: String,
     pub rows: i64,
     /// `generated`, `generated, nullable columns NULL`, `row by row`, `made by triggers`…
     pub how: String,
@@ -89,19 +93,27 @@ enum Value {
     Omitted,
 }
 
-/// Fills every table of `schema` with `rows` rows, parents before children; `skip` names
-/// tables to leave out. Fails only when the database does not answer.
+/// Fills every table of every user schema with `rows` rows, parents before children; `skip`
+/// names tables to leave out; tables of `schema` are named without it. Fails only when the
+/// database does not answer.
 pub async fn fill(
     client: &Client,
     schema: &str,
     rows: u64,
     skip: &[String],
 ) -> anyhow::Result<FillReport> {
-    let tables: Vec<(u32, String)> = user_tables(client, schema)
+    let tables: Vec<(u32, String, String)> = all_user_tables(client)
         .await?
         .into_iter()
         .filter(|r| !r.is_partition)
-        .map(|r| (r.oid, r.name))
+        .map(|r| {
+            let shown = if r.schema == schema {
+                r.name.clone()
+            } else {
+                format!("{}.{}", r.schema, r.name)
+            };
+            (r.oid, shown, r.qualified())
+        })
         .collect();
     let edges: Vec<(u32, u32)> = client
         .query(
@@ -113,22 +125,22 @@ pub async fn fill(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let mut order: Vec<(u32, String)> = Vec::new();
+    let mut order: Vec<(u32, String, String)> = Vec::new();
     let mut remaining = tables.clone();
     while !remaining.is_empty() {
         let i = remaining
             .iter()
-            .position(|(oid, _)| {
+            .position(|(oid, _, _)| {
                 edges
                     .iter()
-                    .filter(|(c, p)| c == oid && tables.iter().any(|(t, _)| t == p))
-                    .all(|(_, p)| order.iter().any(|(o, _)| o == p))
+                    .filter(|(c, p)| c == oid && tables.iter().any(|(t, _, _)| t == p))
+                    .all(|(_, p)| order.iter().any(|(o, _, _)| o == p))
             })
             .unwrap_or(0);
         order.push(remaining.remove(i));
     }
     let mut report = FillReport::default();
-    for (oid, name) in order {
+    for (oid, name, target) in order {
         let skipped = |reason: String| Skipped {
             table: name.clone(),
             reason,
@@ -142,18 +154,18 @@ pub async fn fill(
                 .push(skipped("left out with --rows-skip".into()));
             continue;
         }
-        let target = qualified(schema, &name);
         let already = count(client, &target).await?;
         if already > 0 {
             report.filled.push(Filled {
                 table: name,
+                target,
                 rows: already,
                 how: "made by triggers as other tables were filled".into(),
             });
             continue;
         }
         let columns = columns(client, oid).await?;
-        let values = match plan_values(client, &columns, schema, rows).await? {
+        let values = match plan_values(client, &columns, rows).await? {
             Ok(v) => v,
             Err(reason) => {
                 report.skipped.push(skipped(reason));
@@ -163,6 +175,7 @@ pub async fn fill(
         match insert(client, &target, &values, rows).await? {
             Ok((rows, how)) => report.filled.push(Filled {
                 table: name,
+                target,
                 rows,
                 how,
             }),
@@ -184,13 +197,12 @@ async fn count(client: &Client, target: &str) -> anyhow::Result<i64> {
 async fn plan_values(
     client: &Client,
     columns: &[Column],
-    schema: &str,
     rows: u64,
 ) -> anyhow::Result<Result<Vec<(String, Value, bool)>, String>> {
     let mut out = Vec::new();
     for c in columns.iter().filter(|c| !c.automatic) {
         let mut chosen = None;
-        for candidate in candidates(c, schema) {
+        for candidate in candidates(c) {
             if accepts(client, &candidate, rows).await? {
                 chosen = Some(candidate);
                 break;
@@ -338,9 +350,10 @@ pub fn generated_data_error(e: tokio_postgres::Error) -> String {
 async fn columns(client: &Client, oid: u32) -> anyhow::Result<Vec<Column>> {
     let fks: BTreeMap<i16, (String, String)> = client
         .query(
-            "SELECT con.conkey[1], pc.relname::text, pa.attname::text
+            "SELECT con.conkey[1], pn.nspname::text, pc.relname::text, pa.attname::text
              FROM pg_catalog.pg_constraint con
              JOIN pg_catalog.pg_class pc ON pc.oid = con.confrelid
+             JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace
              JOIN pg_catalog.pg_attribute pa ON pa.attrelid = con.confrelid AND pa.attnum = con.confkey[1]
              WHERE con.contype = 'f' AND con.conrelid = $1 AND array_length(con.conkey, 1) = 1",
             &[&oid],
@@ -348,7 +361,10 @@ async fn columns(client: &Client, oid: u32) -> anyhow::Result<Vec<Column>> {
         .await
         .pg(|| "reading foreign keys")?
         .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .map(|r| {
+            let (schema, table): (String, String) = (r.get(1), r.get(2));
+            (r.get(0), (qualified(&schema, &table), r.get(3)))
+        })
         .collect();
     Ok(client
         .query(
@@ -382,9 +398,8 @@ async fn columns(client: &Client, oid: u32) -> anyhow::Result<Vec<Column>> {
 
 /// SQL expressions over `g` (1..N) for one column, best first: the value for its type, then
 /// what a type backstop does not know may accept (text, a number); empty when none fits.
-fn candidates(c: &Column, schema: &str) -> Vec<String> {
-    if let Some((table, column)) = &c.references {
-        let parent = qualified(schema, table);
+fn candidates(c: &Column) -> Vec<String> {
+    if let Some((parent, column)) = &c.references {
         let col = quote_ident(column);
         return vec![format!(
             "(SELECT {col} FROM {parent} ORDER BY {col} OFFSET ((g - 1) % greatest((SELECT count(*) FROM {parent}), 1)) LIMIT 1)"
@@ -435,11 +450,11 @@ fn candidates(c: &Column, schema: &str) -> Vec<String> {
         .collect()
 }
 
-/// md5 over every row of every table (rows ordered by their text), for before/after checks.
+/// md5 over every row of every filled table (rows ordered by their text), by table, for
+/// before/after checks.
 pub async fn fingerprint(
     client: &Client,
-    schema: &str,
-    tables: &[String],
+    tables: &[Filled],
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for t in tables {
@@ -447,14 +462,14 @@ pub async fn fingerprint(
             .query_one(
                 &format!(
                     "SELECT count(*) || ':' || coalesce(md5(string_agg(r::text, E'\\n' ORDER BY r::text)), '') FROM {} r",
-                    qualified(schema, t)
+                    t.target
                 ),
                 &[],
             )
             .await
-            .pg(|| format!("fingerprinting {t}"))?
+            .pg(|| format!("fingerprinting {}", t.table))?
             .get(0);
-        out.insert(t.clone(), md5);
+        out.insert(t.table.clone(), md5);
     }
     Ok(out)
 }

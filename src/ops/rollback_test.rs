@@ -389,8 +389,7 @@ async fn procedure(
                         "no table could be filled, so no data was checked (see below); --rows 0 leaves the data check out on purpose",
                     );
                 } else {
-                    before_data =
-                        Some((tables.clone(), fingerprint(&client, schema, &tables).await?));
+                    before_data = Some((tables, fingerprint(&client, &filled.filled).await?));
                 }
                 list.filled = filled;
             }
@@ -489,7 +488,7 @@ async fn procedure(
     }
     if let Some((tables, want)) = before_data {
         let client = scratch.connect().await?;
-        let got = fingerprint(&client, schema, &tables).await?;
+        let got = fingerprint(&client, &list.filled.filled).await?;
         let differ: Vec<&String> = tables
             .iter()
             .filter(|t| want.get(*t) != got.get(*t))

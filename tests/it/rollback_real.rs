@@ -1,7 +1,8 @@
 //! `rollback-test` on a schema shaped like real projects': CHECK constraints tying columns
 //! together, a 1:1 table its trigger fills, an `updated_at` trigger, extension types (citext,
 //! ltree), domains with CHECKs, an enum, arrays, jsonb, identity and generated columns, a
-//! self-referencing foreign key and a partitioned table, in scripts wrapped in BEGIN … COMMIT.
+//! self-referencing foreign key, a partitioned table and a second schema, in scripts wrapped
+//! in BEGIN … COMMIT.
 
 use crate::common::*;
 use crate::rollback_test::criterion;
@@ -98,8 +99,8 @@ fn realistic(db: &TestDb) -> Project {
     );
     p.add_migration(
         "003_tag_categories",
-        "CREATE TABLE user_categories (\n    user_id bigint NOT NULL REFERENCES users (id),\n    category_id integer NOT NULL REFERENCES categories (id),\n    since date NOT NULL DEFAULT current_date,\n    PRIMARY KEY (user_id, category_id)\n);\n",
-        "DROP TABLE user_categories;\n",
+        "CREATE TABLE user_categories (\n    user_id bigint NOT NULL REFERENCES users (id),\n    category_id integer NOT NULL REFERENCES categories (id),\n    since date NOT NULL DEFAULT current_date,\n    PRIMARY KEY (user_id, category_id)\n);\nCREATE SCHEMA audit;\nCREATE TABLE audit.logins (id bigserial PRIMARY KEY, user_id bigint NOT NULL REFERENCES public.users (id), at timestamptz NOT NULL);\n",
+        "DROP TABLE audit.logins;\nDROP SCHEMA audit;\nDROP TABLE user_categories;\n",
     );
     p
 }
@@ -137,6 +138,7 @@ async fn rollback_test_checks_every_table_of_a_realistic_schema() {
     assert_eq!(
         checked,
         [
+            "audit.logins",
             "categories",
             "events",
             "follows",

@@ -139,6 +139,11 @@ pub async fn user_tables(
     tables(client, Schemas::One(schema), "", &[]).await
 }
 
+/// Tables and partitioned parents of every user schema, for what fills them all.
+pub async fn all_user_tables(client: &impl GenericClient) -> anyhow::Result<Vec<Relation>> {
+    tables(client, Schemas::All, "", &[]).await
+}
+
 /// The tables that hold rows themselves: partitions and plain tables, not partitioned
 /// parents. Exported with `ONLY`, each row is saved exactly once, in the table it lives in.
 pub async fn data_tables(

@@ -1,5 +1,5 @@
 //! The configuration tree: one serde structure serves the TOML file, the environment
-//! overrides and the rest of the library; [`load`] finds it and applies the environment.
+//! overrides and the rest of the library; `load.rs` finds it and applies the environment.
 //!
 //! Unknown keys are rejected with the file, line and key, because a misspelt key that is
 //! silently ignored is how a backup ends up somewhere nobody looks. Values are checked all

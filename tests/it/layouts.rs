@@ -11,6 +11,12 @@ fn write(p: &Project, rel: &str, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// A golang-migrate (or sqlx) migration: `<stem>.up.sql` and `<stem>.down.sql`.
+fn pair(p: &Project, stem: &str, up: &str, down: &str) {
+    write(p, &format!("{stem}.up.sql"), up);
+    write(p, &format!("{stem}.down.sql"), down);
+}
+
 /// What `current` says, without the trailing newline.
 fn current(p: &Project) -> String {
     p.ok(&["current"]).stdout.trim_end().to_string()
@@ -109,30 +115,22 @@ async fn golang_migrate_and_sqlx_files_run_in_version_order() {
     let db = TestDb::new().await;
     let p = Project::empty(&db.url);
     // golang-migrate runs files as they are, so projects wrap them in BEGIN … COMMIT.
-    write(
+    pair(
         &p,
-        "000001_create_users.up.sql",
+        "000001_create_users",
         "BEGIN;\nCREATE TABLE users (id bigserial PRIMARY KEY, name text NOT NULL);\nCOMMIT;\n",
+        "DROP TABLE users;\n",
     );
-    write(&p, "000001_create_users.down.sql", "DROP TABLE users;\n");
-    write(
+    pair(
         &p,
-        "000002_add_email.up.sql",
+        "000002_add_email",
         "ALTER TABLE users ADD COLUMN email text;\n",
-    );
-    write(
-        &p,
-        "000002_add_email.down.sql",
         "ALTER TABLE users DROP COLUMN email;\n",
     );
-    write(
+    pair(
         &p,
-        "000010_add_age.up.sql",
+        "000010_add_age",
         "ALTER TABLE users ADD COLUMN age int;\n",
-    );
-    write(
-        &p,
-        "000010_add_age.down.sql",
         "ALTER TABLE users DROP COLUMN age;\n",
     );
     write(&p, "README.md", "how to write migrations\n");
@@ -237,8 +235,7 @@ async fn folders_backstop_cannot_read_are_errors_not_a_green_run_of_nothing() {
     let p = Project::empty(&db.url);
     write(&p, "001_a/up.sql", "SELECT 1;\n");
     write(&p, "001_a/down.sql", "SELECT 1;\n");
-    write(&p, "000002_b.up.sql", "SELECT 1;\n");
-    write(&p, "000002_b.down.sql", "SELECT 1;\n");
+    pair(&p, "000002_b", "SELECT 1;\n", "SELECT 1;\n");
     let r = p.run(&["upgrade"]);
     assert_eq!(r.code, 2, "{r}");
     assert!(r.stderr.contains("mixes layouts"), "{r}");
@@ -340,20 +337,16 @@ async fn a_script_that_cannot_run_in_a_transaction_names_its_layouts_marker() {
 async fn a_database_another_tool_migrated_is_adopted_with_stamp() {
     let db = TestDb::new().await;
     let p = Project::empty(&db.url);
-    write(
+    pair(
         &p,
-        "000001_create_users.up.sql",
+        "000001_create_users",
         "CREATE TABLE users (id bigserial PRIMARY KEY, name text NOT NULL);\n",
+        "DROP TABLE users;\n",
     );
-    write(&p, "000001_create_users.down.sql", "DROP TABLE users;\n");
-    write(
+    pair(
         &p,
-        "000002_add_email.up.sql",
+        "000002_add_email",
         "ALTER TABLE users ADD COLUMN email text;\n",
-    );
-    write(
-        &p,
-        "000002_add_email.down.sql",
         "ALTER TABLE users DROP COLUMN email;\n",
     );
     // golang-migrate ran both, and keeps its own table.
@@ -398,7 +391,6 @@ async fn config_check_reads_the_migrations_folder_too() {
         "{r}"
     );
     std::fs::remove_file(p.migrations().join("V1__init.sql")).unwrap();
-    write(&p, "000001_a.up.sql", "SELECT 1;\n");
-    write(&p, "000001_a.down.sql", "SELECT 1;\n");
+    pair(&p, "000001_a", "SELECT 1;\n", "SELECT 1;\n");
     p.ok(&["config", "check"]);
 }

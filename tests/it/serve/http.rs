@@ -156,11 +156,7 @@ async fn back_up_now_over_http_only_with_the_configured_token() {
         &format!("listen = \"127.0.0.1:{port}\"\ntoken = \"{token}\""),
     );
     let child = start(&p);
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(port);
     for headers in [
         vec![],
         vec![("Authorization", "Bearer t0ken-Secret-43")],

@@ -45,6 +45,12 @@ pub fn start_http(p: &mut Project) -> (Child, u16) {
     p.set_section("server", &format!("listen = \"127.0.0.1:{port}\""));
     let child = start(p);
     // Until it listens, it may not have read its configuration: the next start rewrites it.
+    wait_listening(port);
+    (child, port)
+}
+
+/// Waits (at most 30 s) until something listens on the loopback `port`.
+pub fn wait_listening(port: u16) {
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -53,7 +59,6 @@ pub fn start_http(p: &mut Project) -> (Child, u16) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    (child, port)
 }
 
 pub fn start(p: &Project) -> Child {

@@ -341,3 +341,45 @@ async fn under_the_journal_each_line_carries_its_priority_and_no_timestamp() {
         assert!(!line.contains(" INFO ") && !line.contains("Z "), "{line:?}");
     }
 }
+
+#[tokio::test]
+async fn a_webhook_that_never_answers_neither_fails_nor_delays_backups() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let mut p = scheduled(&db, &store).await;
+    // Accepts connections and never answers: the worst receiver, a stalled one.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}/hook");
+    p.set_section(
+        "notify",
+        &format!("on_start = \"{url}\"\non_success = \"{url}\"\non_failure = \"{url}\""),
+    );
+    let (child, _) = start_http(&mut p);
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let (code, stderr) = stop(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    let c = db.client().await;
+    let runs: Vec<f64> = c
+        .query(
+            "SELECT extract(epoch FROM finished_at - started_at)::float8 FROM backstop_schedule_slots
+             WHERE state = 'done' ORDER BY slot",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // Every 2 s slot ran, and none waited for the 5 s webhook timeout.
+    assert!(runs.len() >= 3, "{runs:?}\n{stderr}");
+    assert!(runs.iter().all(|s| *s < 2.0), "{runs:?}");
+    assert!(stderr.contains("did not answer within 5s"), "{stderr}");
+    assert!(!stderr.contains("/hook"), "the URL is logged:\n{stderr}");
+}

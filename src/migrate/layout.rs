@@ -8,13 +8,10 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
 use crate::config::LayoutSetting;
 
 /// A layout backstop reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
     Backstop,
     Diesel,
@@ -23,15 +20,6 @@ pub enum Layout {
 }
 
 impl Layout {
-    pub fn name(self) -> &'static str {
-        match self {
-            Layout::Backstop => "backstop",
-            Layout::Diesel => "diesel",
-            Layout::GolangMigrate => "golang-migrate/sqlx",
-            Layout::Dbmate => "dbmate",
-        }
-    }
-
     /// What the layout looks like, for messages that list the layouts.
     fn shape(self) -> &'static str {
         match self {

@@ -55,8 +55,6 @@ pub struct Script {
 #[derive(Debug, Clone)]
 pub struct MigrationSet {
     pub dir: PathBuf,
-    /// The layout the folder follows; `None` when it is empty.
-    pub layout: Option<Layout>,
     pub migrations: Vec<Migration>,
 }
 
@@ -119,14 +117,8 @@ impl MigrationSet {
         }
         Ok(MigrationSet {
             dir: dir.to_path_buf(),
-            layout: survey.layout,
             migrations,
         })
-    }
-
-    /// The layout's name, for messages and reports.
-    pub fn describe_layout(&self) -> &'static str {
-        self.layout.map_or("empty", Layout::name)
     }
 
     pub fn get(&self, revision: &str) -> Option<&Migration> {
@@ -155,7 +147,6 @@ impl MigrationSet {
         };
         MigrationSet {
             dir: PathBuf::from("migrations"),
-            layout: Some(Layout::Backstop),
             migrations: revisions
                 .iter()
                 .map(|r| Migration {

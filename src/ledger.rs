@@ -390,6 +390,37 @@ impl Ledger {
         Ok(n == 1)
     }
 
+    /// Records `slots` of `schedule` as missed, in one statement, where no instance has them
+    /// yet; returns those it recorded, oldest first.
+    pub async fn claim_missed(
+        &self,
+        client: &impl GenericClient,
+        schedule: &str,
+        slots: &[chrono::DateTime<chrono::Utc>],
+        instance: &str,
+    ) -> anyhow::Result<Vec<chrono::DateTime<chrono::Utc>>> {
+        if slots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = client
+            .query(
+                &format!(
+                    "INSERT INTO {} (schedule, slot, state, instance)
+                     SELECT $1, s, $3, $4 FROM unnest($2::timestamptz[]) s
+                     ON CONFLICT (schedule, slot) DO NOTHING
+                     RETURNING slot",
+                    self.slots()
+                ),
+                &[&schedule, &slots, &SlotState::Missed.as_str(), &instance],
+            )
+            .await
+            .pg(|| format!("recording missed slots of schedule {schedule}"))?;
+        let mut claimed: Vec<chrono::DateTime<chrono::Utc>> =
+            rows.iter().map(|r| r.get(0)).collect();
+        claimed.sort();
+        Ok(claimed)
+    }
+
     /// Records how a claimed slot ended.
     pub async fn finish_slot(
         &self,

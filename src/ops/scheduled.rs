@@ -139,17 +139,10 @@ pub async fn record_overrun(
 ) -> anyhow::Result<Vec<DateTime<Utc>>> {
     let db = ws.database()?;
     let client = db.connect().await?;
-    let ledger = Ledger::new(&ws.config().database.schema);
-    let mut missed = Vec::new();
-    for passed in schedule.slots_between(slot, until, MISSED_RECORDED) {
-        if ledger
-            .claim_slot(&client, &schedule.name, passed, instance, SlotState::Missed)
-            .await?
-        {
-            missed.push(passed);
-        }
-    }
-    Ok(missed)
+    let passed = schedule.slots_between(slot, until, MISSED_RECORDED);
+    Ledger::new(&ws.config().database.schema)
+        .claim_missed(&client, &schedule.name, &passed, instance)
+        .await
 }
 
 /// Records the slots of `schedule` that passed while no instance ran, from the last one on
@@ -181,14 +174,8 @@ pub async fn record_missed(
         CatchUp::Latest => passed.pop(),
         CatchUp::None => None,
     };
-    let mut missed = Vec::new();
-    for slot in passed {
-        if ledger
-            .claim_slot(&client, &schedule.name, slot, instance, SlotState::Missed)
-            .await?
-        {
-            missed.push(slot);
-        }
-    }
+    let missed = ledger
+        .claim_missed(&client, &schedule.name, &passed, instance)
+        .await?;
     Ok((missed, latest))
 }

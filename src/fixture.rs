@@ -243,27 +243,21 @@ async fn insert(
     rows: u64,
 ) -> anyhow::Result<Result<(i64, String), String>> {
     let sql = |nulls: Nulls, from: &str, to: &str| {
-        let set: Vec<&(String, Value, bool)> = values
+        let (names, exprs): (Vec<&str>, Vec<String>) = values
             .iter()
-            .filter(|(_, v, nullable)| match v {
-                Value::Omitted => false,
-                Value::Expr(_) => !(*nullable && nulls == Nulls::All),
+            .filter_map(|(name, v, nullable)| match v {
+                Value::Omitted => None,
+                Value::Expr(_) if *nullable && nulls == Nulls::All => None,
+                Value::Expr(e) if *nullable && nulls == Nulls::Some => Some((
+                    name.as_str(),
+                    format!("CASE WHEN g % 7 = 0 THEN NULL ELSE {e} END"),
+                )),
+                Value::Expr(e) => Some((name.as_str(), e.clone())),
             })
-            .collect();
-        if set.is_empty() {
+            .unzip();
+        if names.is_empty() {
             return format!("INSERT INTO {target} SELECT FROM generate_series({from}, {to}) g");
         }
-        let names: Vec<&str> = set.iter().map(|(n, _, _)| n.as_str()).collect();
-        let exprs: Vec<String> = set
-            .iter()
-            .map(|(_, v, nullable)| match v {
-                Value::Expr(e) if *nullable && nulls == Nulls::Some => {
-                    format!("CASE WHEN g % 7 = 0 THEN NULL ELSE {e} END")
-                }
-                Value::Expr(e) => e.clone(),
-                Value::Omitted => unreachable!(),
-            })
-            .collect();
         format!(
             "INSERT INTO {target} ({}) SELECT {} FROM generate_series({from}, {to}) g",
             names.join(", "),
@@ -277,24 +271,10 @@ async fn insert(
             .batch_execute("BEGIN")
             .await
             .pg(|| "starting a fill")?;
-        match client
-            .batch_execute(&sql(nulls, "1", &rows.to_string()))
-            .await
-        {
-            Ok(()) => {
-                client
-                    .batch_execute("COMMIT")
-                    .await
-                    .pg(|| "ending a fill")?;
-                return Ok(Ok((rows as i64, nulls.describe().into())));
-            }
-            Err(e) => {
-                last = generated_data_error(e);
-                client
-                    .batch_execute("ROLLBACK")
-                    .await
-                    .pg(|| "ending a fill")?;
-            }
+        let all = sql(nulls, "1", &rows.to_string());
+        match attempt(client, &all, "COMMIT", "ROLLBACK").await? {
+            Ok(()) => return Ok(Ok((rows as i64, nulls.describe().into()))),
+            Err(why) => last = why,
         }
     }
     // Row by row: keep every row one of the ways gets in.
@@ -304,28 +284,26 @@ async fn insert(
         .pg(|| "starting a fill")?;
     let mut written = 0i64;
     for g in 1..=rows {
+        let g = g.to_string();
         for nulls in variants {
             client
                 .batch_execute("SAVEPOINT fill_row")
                 .await
                 .pg(|| "filling row by row")?;
-            let g = g.to_string();
-            match client.batch_execute(&sql(nulls, &g, &g)).await {
+            let one = sql(nulls, &g, &g);
+            match attempt(
+                client,
+                &one,
+                "RELEASE SAVEPOINT fill_row",
+                "ROLLBACK TO SAVEPOINT fill_row",
+            )
+            .await?
+            {
                 Ok(()) => {
                     written += 1;
-                    client
-                        .batch_execute("RELEASE SAVEPOINT fill_row")
-                        .await
-                        .pg(|| "filling row by row")?;
                     break;
                 }
-                Err(e) => {
-                    last = generated_data_error(e);
-                    client
-                        .batch_execute("ROLLBACK TO SAVEPOINT fill_row")
-                        .await
-                        .pg(|| "filling row by row")?;
-                }
+                Err(why) => last = why,
             }
         }
     }
@@ -340,6 +318,22 @@ async fn insert(
         written,
         format!("row by row, {written} of {rows} accepted (the others: {last})"),
     )))
+}
+
+/// Runs `sql`, then `keep` when PostgreSQL took it or `undo` when it refused; the refusal
+/// comes back as text.
+async fn attempt(
+    client: &Client,
+    sql: &str,
+    keep: &str,
+    undo: &str,
+) -> anyhow::Result<Result<(), String>> {
+    let (outcome, end) = match client.batch_execute(sql).await {
+        Ok(()) => (Ok(()), keep),
+        Err(e) => (Err(generated_data_error(e)), undo),
+    };
+    client.batch_execute(end).await.pg(|| "filling a table")?;
+    Ok(outcome)
 }
 
 /// An error about generated rows, values included: they are made up, on a scratch database.

@@ -375,6 +375,33 @@ pub fn random_hex(n: usize) -> String {
 }
 
 #[cfg(test)]
+impl Manifest {
+    /// A manifest with no tables, for tests of what is decided from manifests alone
+    /// (retention, restore plans).
+    pub(crate) fn empty(id: &str, kind: Kind, created_at: &str) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            id: id.into(),
+            kind,
+            label: None,
+            created_at: created_at.into(),
+            database: DatabaseIdentity {
+                name: "d".into(),
+                system_identifier: None,
+                server_version: "15".into(),
+            },
+            schema: "public".into(),
+            revision: None,
+            target_revision: None,
+            zstd_level: 3,
+            tables: vec![],
+            load_order: vec![],
+            sequences: vec![],
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -133,28 +133,9 @@ pub async fn execute_prune(store: &Store, plan: &PrunePlan) -> anyhow::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::manifest::{DatabaseIdentity, MANIFEST_FORMAT};
 
     fn m(id: &str, kind: Kind, created_at: &str) -> Manifest {
-        Manifest {
-            format: MANIFEST_FORMAT,
-            id: id.into(),
-            kind,
-            label: None,
-            created_at: created_at.into(),
-            database: DatabaseIdentity {
-                name: "d".into(),
-                system_identifier: None,
-                server_version: "15".into(),
-            },
-            schema: "public".into(),
-            revision: None,
-            target_revision: None,
-            zstd_level: 3,
-            tables: vec![],
-            load_order: vec![],
-            sequences: vec![],
-        }
+        Manifest::empty(id, kind, created_at)
     }
 
     #[test]

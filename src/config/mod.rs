@@ -84,6 +84,11 @@ pub struct MigrationsConfig {
     pub dir: PathBuf,
     /// Which tool's layout the folder follows; `auto` tells by what the folder holds.
     pub layout: LayoutSetting,
+    /// How Alembic is started (`["uv", "run", "alembic"]`); default the project's
+    /// `.venv/bin/python -m alembic` when it has one, else `python3 -m alembic`.
+    pub command: Option<Vec<String>>,
+    /// How long one Alembic run may take before it is stopped.
+    pub render_timeout_secs: u64,
 }
 
 impl Default for MigrationsConfig {
@@ -91,6 +96,8 @@ impl Default for MigrationsConfig {
         MigrationsConfig {
             dir: PathBuf::from("migrations"),
             layout: LayoutSetting::Auto,
+            command: None,
+            render_timeout_secs: 120,
         }
     }
 }
@@ -111,6 +118,8 @@ pub enum LayoutSetting {
     Sqlx,
     /// `<version>_<name>.sql` with `-- migrate:up` and `-- migrate:down` sections.
     Dbmate,
+    /// An Alembic project (`alembic.ini`), its SQL rendered by Alembic in offline mode.
+    Alembic,
 }
 
 /// `[storage]`: where backups go.
@@ -322,6 +331,16 @@ impl Config {
         if self.database.schema.is_empty() {
             out.push(format!("{origin}: [database] schema must not be empty"));
         }
+        if self
+            .migrations
+            .command
+            .as_ref()
+            .is_some_and(|c| c.first().is_none_or(|p| p.trim().is_empty()))
+        {
+            out.push(format!(
+                "{origin}: [migrations] command is empty; give the program first, e.g. [\"python3\", \"-m\", \"alembic\"] or [\"uv\", \"run\", \"alembic\"]"
+            ));
+        }
         if !(1..=22).contains(&self.backup.zstd_level) {
             out.push(format!(
                 "{origin}: [backup] zstd_level is {}; zstd levels run from 1 to 22",
@@ -345,6 +364,10 @@ impl Config {
             (
                 "[database] migration_lock_timeout_secs",
                 self.database.migration_lock_timeout_secs,
+            ),
+            (
+                "[migrations] render_timeout_secs",
+                self.migrations.render_timeout_secs,
             ),
             (
                 "[storage] connect_timeout_secs",

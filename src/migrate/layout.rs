@@ -17,6 +17,8 @@ pub enum Layout {
     Diesel,
     GolangMigrate,
     Dbmate,
+    /// An Alembic project, read through Alembic (see [`super::alembic`]).
+    Alembic,
 }
 
 impl Layout {
@@ -33,6 +35,7 @@ impl Layout {
             Layout::Dbmate => {
                 "dbmate: 20151129054053_name.sql with -- migrate:up and -- migrate:down"
             }
+            Layout::Alembic => "alembic: a folder holding alembic.ini, or its versions folder",
         }
     }
 
@@ -48,6 +51,9 @@ impl Layout {
             Layout::Backstop | Layout::GolangMigrate => {
                 "start the script with the line `-- backstop:no-transaction`"
             }
+            Layout::Alembic => {
+                "run the statement inside `with op.get_context().autocommit_block():` in the revision"
+            }
         }
     }
 
@@ -58,6 +64,7 @@ impl Layout {
             LayoutSetting::Diesel => Some(Layout::Diesel),
             LayoutSetting::GolangMigrate | LayoutSetting::Sqlx => Some(Layout::GolangMigrate),
             LayoutSetting::Dbmate => Some(Layout::Dbmate),
+            LayoutSetting::Alembic => Some(Layout::Alembic),
         }
     }
 
@@ -67,6 +74,7 @@ impl Layout {
             Layout::Backstop | Layout::Diesel => Family::Folders,
             Layout::GolangMigrate => Family::Pairs,
             Layout::Dbmate => Family::Sections,
+            Layout::Alembic => Family::Rendered,
         }
     }
 }
@@ -76,6 +84,8 @@ enum Family {
     Folders,
     Pairs,
     Sections,
+    /// Scripts a tool renders; never found by looking at files.
+    Rendered,
 }
 
 /// Every layout, for messages.
@@ -85,6 +95,7 @@ pub fn every_layout() -> String {
         Layout::Diesel,
         Layout::GolangMigrate,
         Layout::Dbmate,
+        Layout::Alembic,
     ]
     .map(Layout::shape)
     .join("; ")
@@ -99,6 +110,8 @@ pub struct Candidate {
     pub number: u64,
     pub up: Source,
     pub down: Source,
+    /// The checksum, when it is not the up script's (Alembic: the revision file's).
+    pub checksum: Option<String>,
 }
 
 /// Where one script's text is.
@@ -110,6 +123,13 @@ pub enum Source {
     Section {
         path: PathBuf,
         marker: &'static str,
+        no_transaction: bool,
+    },
+    /// SQL a tool rendered from `path` (an Alembic revision).
+    Rendered {
+        path: PathBuf,
+        name: String,
+        sql: String,
         no_transaction: bool,
     },
     /// The script does not exist; reading it reports this.
@@ -287,6 +307,7 @@ pub fn survey(dir: &Path, setting: LayoutSetting) -> std::io::Result<Survey> {
             Family::Folders => Layout::Backstop,
             Family::Pairs => Layout::GolangMigrate,
             Family::Sections => Layout::Dbmate,
+            Family::Rendered => Layout::Alembic,
         }),
     };
     let Some(layout) = layout else {
@@ -361,6 +382,7 @@ pub fn survey(dir: &Path, setting: LayoutSetting) -> std::io::Result<Survey> {
                 },
             ),
             revision: stem,
+            checksum: None,
         });
     }
     Ok(s)
@@ -371,6 +393,7 @@ fn family_noun(f: Family) -> &'static str {
         Family::Folders => "migration folder(s) (backstop or diesel)",
         Family::Pairs => "golang-migrate/sqlx file(s) (.up.sql/.down.sql)",
         Family::Sections => "dbmate file(s) (-- migrate:up)",
+        Family::Rendered => "rendered script(s)",
     }
 }
 
@@ -434,6 +457,7 @@ fn folder(name: &str, path: &Path, problems: &mut Vec<String>) -> Candidate {
         number,
         up: script("up.sql"),
         down: script("down.sql"),
+        checksum: None,
     }
 }
 
@@ -461,6 +485,7 @@ fn dbmate(stem: &str, path: &Path, problems: &mut Vec<String>) -> Candidate {
         number: revision_number(stem).unwrap_or(0),
         up: marker("-- migrate:up").unwrap_or_else(|| Source::Missing(path.to_path_buf())),
         down,
+        checksum: None,
     }
 }
 

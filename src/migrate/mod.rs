@@ -6,6 +6,7 @@
 //! compares the files with what the database recorded; [`plan`] works out the steps (all
 //! three pure); [`step`] runs one step with its bookkeeping.
 
+pub mod alembic;
 pub mod layout;
 pub mod lexer;
 pub mod plan;
@@ -16,7 +17,7 @@ pub mod step;
 pub mod target;
 
 pub use plan::{plan, Direction, Plan, PlannedStep};
-pub use source::{Migration, MigrationSet};
+pub use source::{AlembicProject, LoadOptions, Migration, MigrationSet};
 pub use status::{Entry, EntryState, Status};
 pub use step::{StepReport, StepRunner};
 pub use target::{DownTarget, Target, UpTarget};

@@ -6,10 +6,13 @@
 //! version, a file that is not UTF-8, transaction control in the way. Each problem names
 //! the path and says what to do.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use super::alembic;
 use super::layout::{list, section, survey, Candidate, Layout, Source};
 use super::lexer::{strip_wrapper, transaction_control, TransactionControl};
 use crate::config::LayoutSetting;
@@ -56,6 +59,72 @@ pub struct Script {
 pub struct MigrationSet {
     pub dir: PathBuf,
     pub migrations: Vec<Migration>,
+    /// Set when the migrations are an Alembic project's: its `alembic_version` is kept in
+    /// step and read as the current revision.
+    pub alembic: Option<AlembicProject>,
+}
+
+/// What backstop keeps of an Alembic project beyond its scripts.
+#[derive(Debug, Clone)]
+pub struct AlembicProject {
+    /// The folder of `alembic.ini`.
+    pub dir: PathBuf,
+    /// Each revision's parents (two for a merge), for the heads `alembic_version` holds.
+    pub parents: HashMap<String, Vec<String>>,
+    /// The version table's `CREATE TABLE IF NOT EXISTS`, for `stamp`.
+    pub version_table_ddl: String,
+    /// How long Alembic took to render the history.
+    pub render_time: Duration,
+}
+
+impl AlembicProject {
+    /// `revisions` and everything they descend from.
+    pub fn with_ancestors(&self, revisions: &[String]) -> std::collections::HashSet<String> {
+        let mut seen = std::collections::HashSet::new();
+        let mut todo: Vec<String> = revisions.to_vec();
+        while let Some(r) = todo.pop() {
+            if seen.insert(r.clone()) {
+                todo.extend(self.parents.get(&r).cloned().unwrap_or_default());
+            }
+        }
+        seen
+    }
+
+    /// The revisions of `applied` that no other revision of it descends from: what
+    /// `alembic_version` holds when exactly `applied` ran.
+    pub fn heads_of(&self, applied: &[String]) -> Vec<String> {
+        applied
+            .iter()
+            .filter(|r| {
+                !applied
+                    .iter()
+                    .any(|o| self.parents.get(o).is_some_and(|p| p.contains(r)))
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// How a migrations folder is read: its layout and, for Alembic, how Alembic is started.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub layout: LayoutSetting,
+    /// `[migrations] command`; `None` for [`alembic::default_command`].
+    pub command: Option<Vec<String>>,
+    /// Variables Alembic gets beyond the process's (the project's `.env`, `DATABASE_URL`).
+    pub env: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            layout: LayoutSetting::Auto,
+            command: None,
+            env: Vec::new(),
+            timeout: Duration::from_secs(120),
+        }
+    }
 }
 
 impl MigrationSet {
@@ -66,6 +135,26 @@ impl MigrationSet {
 
     /// Reads and validates `dir` in the layout `setting` names (or tells it, with `auto`).
     pub fn load_as(dir: &Path, setting: LayoutSetting) -> anyhow::Result<MigrationSet> {
+        Self::load_with(
+            dir,
+            &LoadOptions {
+                layout: setting,
+                ..LoadOptions::default()
+            },
+        )
+    }
+
+    /// Reads and validates `dir` as `options` say.
+    pub fn load_with(dir: &Path, options: &LoadOptions) -> anyhow::Result<MigrationSet> {
+        let setting = options.layout;
+        let is_alembic = match setting {
+            LayoutSetting::Alembic => true,
+            LayoutSetting::Auto => alembic::is_alembic(dir),
+            _ => false,
+        };
+        if is_alembic {
+            return Self::load_alembic(dir, options);
+        }
         let survey = match survey(dir, setting) {
             Ok(s) => s,
             Err(e) => {
@@ -118,6 +207,94 @@ impl MigrationSet {
         Ok(MigrationSet {
             dir: dir.to_path_buf(),
             migrations,
+            alembic: None,
+        })
+    }
+
+    /// An Alembic project: the scripts Alembic renders, the checksums of its revision files.
+    fn load_alembic(dir: &Path, options: &LoadOptions) -> anyhow::Result<MigrationSet> {
+        let Some(project) = alembic::project_dir(dir) else {
+            return usage(format!(
+                "{} is read as an Alembic project but neither it nor its two parents hold an alembic.ini; set [migrations] dir to the folder of alembic.ini",
+                dir.display()
+            ));
+        };
+        let launcher = alembic::Launcher {
+            command: options
+                .command
+                .clone()
+                .unwrap_or_else(|| alembic::default_command(&project)),
+            env: options.env.clone(),
+            timeout: options.timeout,
+        };
+        let rendered = alembic::render(&project, &launcher)?;
+        tracing::debug!(
+            "Alembic rendered {} revisions of {} in {:.2}s",
+            rendered.revisions.len(),
+            project.display(),
+            rendered.took.as_secs_f64()
+        );
+        let hint = Layout::Alembic.no_transaction_hint();
+        let mut problems = Vec::new();
+        let mut migrations = Vec::new();
+        for (i, r) in rendered.revisions.iter().enumerate() {
+            let file = r
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| r.id.clone());
+            let text = match read_text(&r.path) {
+                Ok(t) => t,
+                Err(p) => {
+                    problems.push(p);
+                    continue;
+                }
+            };
+            // The first revision creates the version table, as Alembic renders it.
+            let up_sql = if i == 0 {
+                format!("{}\n{}", rendered.version_table_ddl, r.up.sql)
+            } else {
+                r.up.sql.clone()
+            };
+            let rendered_source =
+                |what: &str, sql: String, no_transaction: bool| Source::Rendered {
+                    path: r.path.clone(),
+                    name: format!("{file} {what}()"),
+                    sql,
+                    no_transaction,
+                };
+            let candidate = Candidate {
+                revision: r.id.clone(),
+                number: i as u64 + 1,
+                up: rendered_source("upgrade", up_sql, r.up.no_transaction),
+                down: rendered_source("downgrade", r.down.sql.clone(), r.down.no_transaction),
+                checksum: Some(checksum(&text)),
+            };
+            if let Some(m) = read_candidate(candidate, hint, &mut problems) {
+                migrations.push(m);
+            }
+        }
+        if !problems.is_empty() {
+            return usage(format!(
+                "{} problem(s) in the Alembic project {}:\n  - {}",
+                problems.len(),
+                project.display(),
+                problems.join("\n  - ")
+            ));
+        }
+        Ok(MigrationSet {
+            dir: project.clone(),
+            migrations,
+            alembic: Some(AlembicProject {
+                dir: project,
+                parents: rendered
+                    .revisions
+                    .iter()
+                    .map(|r| (r.id.clone(), r.parents.clone()))
+                    .collect(),
+                version_table_ddl: rendered.version_table_ddl,
+                render_time: rendered.took,
+            }),
         })
     }
 
@@ -157,6 +334,7 @@ impl MigrationSet {
                     checksum: checksum(&format!("-- {r} up.sql")),
                 })
                 .collect(),
+            alembic: None,
         }
     }
 }
@@ -175,7 +353,7 @@ fn read_candidate(
     Some(Migration {
         revision: c.revision,
         number: c.number,
-        checksum: up.checksum.clone(),
+        checksum: c.checksum.unwrap_or_else(|| up.checksum.clone()),
         up,
         down,
     })
@@ -232,6 +410,12 @@ fn read_script(source: &Source, hint: &'static str) -> Result<Script, String> {
                 *no_transaction,
             )
         }
+        Source::Rendered {
+            path,
+            name,
+            sql,
+            no_transaction,
+        } => (path, name.clone(), sql.clone(), *no_transaction),
     };
     let marked = raw
         .trim_start_matches('\u{feff}')

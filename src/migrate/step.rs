@@ -28,6 +28,9 @@ pub struct StepRunner<'a> {
     pub ledger: &'a Ledger,
     /// For the message when a step waited too long for a lock.
     pub lock_timeout_secs: u64,
+    /// The steps are an Alembic project's: each must move `alembic_version` as it moves
+    /// the ledger, or `alembic current` and `backstop current` would disagree.
+    pub alembic: bool,
 }
 
 impl StepRunner<'_> {
@@ -71,6 +74,18 @@ impl StepRunner<'_> {
         step: &PlannedStep,
         took: Duration,
     ) -> anyhow::Result<()> {
+        if self.alembic {
+            let holds = self.ledger.alembic_holds(tx, &step.revision).await?;
+            if holds != (direction == Direction::Up) {
+                anyhow::bail!(
+                    "after {} of {}, alembic_version {} {}, so Alembic and backstop would disagree on the current revision; the step was not recorded (check alembic_version against `backstop history`)",
+                    step.script.name,
+                    step.revision,
+                    if holds { "still holds" } else { "does not hold" },
+                    step.revision
+                );
+            }
+        }
         match direction {
             Direction::Up => {
                 self.ledger

@@ -10,7 +10,7 @@ use tokio_postgres::{Client, GenericClient};
 
 use crate::config::{BackupConfig, DatabaseConfig};
 use crate::error::refused;
-use crate::ledger::Ledger;
+use crate::ledger::{AppliedRow, Ledger};
 use crate::migrate::{plan, Direction, MigrationSet, Plan, Status, StepReport, StepRunner, Target};
 use crate::pg::catalog::{alembic_schema, existing_relations, require_schema};
 use crate::pg::lock::MigrationLock;
@@ -108,6 +108,7 @@ impl Migrator {
         StepRunner {
             ledger,
             lock_timeout_secs: self.settings.lock_timeout_secs,
+            alembic: self.set.alembic.is_some(),
         }
     }
 
@@ -133,13 +134,84 @@ impl Migrator {
     }
 
     pub(crate) async fn status_with(&self, client: &impl GenericClient) -> anyhow::Result<Status> {
-        let applied = self.ledger().applied(client).await?;
+        let applied = self.applied(client).await?;
         Ok(Status::compare(
             &self.set,
             applied,
             self.db.describe(),
             self.settings.schema.clone(),
         ))
+    }
+
+    /// The applied revisions. For an Alembic project, `alembic_version` decides which (so
+    /// `backstop current` is `alembic current`, whoever ran the last step), and the ledger
+    /// adds when each ran and its checksum; revisions Alembic applied alone count with the
+    /// checksum of their file as it is.
+    async fn applied(
+        &self,
+        client: &impl GenericClient,
+    ) -> anyhow::Result<Option<Vec<AppliedRow>>> {
+        let ledger = self.ledger();
+        let recorded = ledger.applied(client).await?;
+        let Some(project) = &self.set.alembic else {
+            return Ok(recorded);
+        };
+        let Some(heads) = ledger.alembic_heads(client).await? else {
+            return Ok(recorded.map(|_| Vec::new()));
+        };
+        let rows = recorded.unwrap_or_default();
+        let mut applied: Vec<AppliedRow> = project
+            .with_ancestors(&heads)
+            .into_iter()
+            .map(
+                |revision| match rows.iter().find(|r| r.revision == revision) {
+                    Some(row) => row.clone(),
+                    None => AppliedRow {
+                        checksum: self
+                            .set
+                            .get(&revision)
+                            .map(|m| m.checksum.clone())
+                            .unwrap_or_default(),
+                        revision,
+                        applied_at: "(by Alembic)".into(),
+                        duration_ms: 0,
+                    },
+                },
+            )
+            .collect();
+        applied.sort_by(|a, b| a.revision.cmp(&b.revision));
+        Ok(Some(applied))
+    }
+
+    /// Brings the ledger in step with `alembic_version` (a database Alembic migrated, or
+    /// steps Alembic ran since), so every later step records against the truth.
+    async fn follow_alembic(
+        &self,
+        client: &Client,
+        status: &Status,
+    ) -> anyhow::Result<Option<String>> {
+        if self.set.alembic.is_none() {
+            return Ok(None);
+        }
+        let ledger = self.ledger();
+        let recorded = ledger.applied(client).await?.unwrap_or_default();
+        let applied: Vec<(&str, &str)> = status
+            .applied()
+            .filter_map(|e| Some((e.revision.as_str(), e.recorded_checksum.as_deref()?)))
+            .collect();
+        let same = recorded.len() == applied.len()
+            && applied
+                .iter()
+                .all(|(r, _)| recorded.iter().any(|x| x.revision == *r));
+        if same {
+            return Ok(None);
+        }
+        ledger.ensure(client).await?;
+        ledger.stamp(client, &applied).await?;
+        Ok(Some(format!(
+            "recorded from alembic_version: the database is at {} as Alembic left it",
+            status.current.as_deref().unwrap_or("(none)")
+        )))
     }
 
     /// Runs `work` on a migration session holding the migration lock, which is given back
@@ -168,6 +240,11 @@ impl Migrator {
         require_schema(client, &self.settings.schema).await?;
         let status = self.status_with(client).await?;
         status.check_consistent(allow_drift)?;
+        let adopted = if dry_run {
+            None
+        } else {
+            self.follow_alembic(client, &status).await?
+        };
         let plan = plan(&self.set, &status, target)?;
         if plan.direction == Direction::Up && status.current.is_none() && !plan.steps.is_empty() {
             self.refuse_unrecorded_schema(client).await?;
@@ -180,7 +257,7 @@ impl Migrator {
             applied: Vec::new(),
             protection: None,
             restored: Vec::new(),
-            notes: Vec::new(),
+            notes: adopted.into_iter().collect(),
         })
     }
 
@@ -222,7 +299,8 @@ impl Migrator {
         let schema = &self.settings.schema;
         let tables = existing_relations(client, schema).await?;
         let alembic = alembic_schema(client, schema).await?;
-        if tables.is_empty() && alembic.is_none() {
+        // An Alembic project keeps its (empty) alembic_version after a downgrade to base.
+        if tables.is_empty() && (alembic.is_none() || self.set.alembic.is_some()) {
             return Ok(());
         }
         let mut msg = format!(
@@ -248,7 +326,7 @@ impl Migrator {
                 .flatten()
                 .map(|r| r.get(0));
             msg.push_str(&format!(
-                "; it is managed by Alembic (alembic_version {})",
+                "; it is managed by Alembic (alembic_version {}): point [migrations] dir at the Alembic project (the folder of alembic.ini) and backstop reads its revisions through Alembic",
                 version.as_deref().unwrap_or("empty")
             ));
         }

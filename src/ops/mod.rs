@@ -19,10 +19,13 @@ pub mod verify;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::{process_env, Config, Loaded};
+use anyhow::Context;
+
+use crate::config::{process_env, Config, Env, Loaded, Secret};
 use crate::error::usage;
-use crate::migrate::MigrationSet;
+use crate::migrate::{alembic, LoadOptions, MigrationSet};
 use crate::pg::Database;
 use crate::store::{self, Store};
 use migration::Migrator;
@@ -32,14 +35,24 @@ use migration::Migrator;
 /// read-only commands never wait for the AWS credential chain).
 pub struct Workspace {
     loaded: Loaded,
+    /// The process environment with the working directory's `.env`.
+    env: Env,
 }
 
 impl Workspace {
     /// Loads the configuration: `explicit`, else the default locations, then the environment.
     pub fn load(explicit: Option<&Path>) -> anyhow::Result<Workspace> {
-        Ok(Workspace {
-            loaded: Loaded::load(explicit, &process_env()?)?,
-        })
+        let env = process_env()?;
+        let mut loaded = Loaded::load(explicit, &env)?;
+        // An Alembic project's `.env` (beside alembic.ini) holds its DATABASE_URL.
+        if loaded.config.database.url.is_none() {
+            if let Some(project) = alembic::project_dir(&loaded.migrations_dir()) {
+                if let Some(url) = dotenv_var(&project.join(".env"), "DATABASE_URL")? {
+                    loaded.config.database.url = Some(Secret(url));
+                }
+            }
+        }
+        Ok(Workspace { loaded, env })
     }
 
     pub fn config(&self) -> &Config {
@@ -65,10 +78,45 @@ impl Workspace {
     }
 
     pub fn migrations(&self) -> anyhow::Result<MigrationSet> {
-        MigrationSet::load_as(
-            &self.loaded.migrations_dir(),
-            self.loaded.config.migrations.layout,
+        let dir = self.loaded.migrations_dir();
+        let config = &self.loaded.config.migrations;
+        MigrationSet::load_with(
+            &dir,
+            &LoadOptions {
+                layout: config.layout,
+                command: config.command.clone(),
+                env: self.alembic_env(&dir)?,
+                timeout: Duration::from_secs(config.render_timeout_secs),
+            },
         )
+    }
+
+    /// What Alembic's env.py expects beyond the process environment: the variables of the
+    /// working directory's `.env` and the project's, and `DATABASE_URL` (from the configured
+    /// database, as SQLAlchemy spells it) when neither sets it. Offline mode never connects.
+    fn alembic_env(&self, dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
+        let Some(project) = alembic::project_dir(dir) else {
+            return Ok(Vec::new());
+        };
+        let mut env: Env = self
+            .env
+            .iter()
+            .filter(|(k, _)| std::env::var_os(k).is_none())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in dotenv_vars(&project.join(".env"))? {
+            if std::env::var_os(&k).is_none() {
+                env.entry(k).or_insert(v);
+            }
+        }
+        if std::env::var_os("DATABASE_URL").is_none() && !env.contains_key("DATABASE_URL") {
+            if let Some(url) = &self.loaded.config.database.url {
+                env.insert("DATABASE_URL".into(), crate::pg::sqlalchemy_url(&url.0));
+            }
+        }
+        let mut out: Vec<(String, String)> = env.into_iter().collect();
+        out.sort();
+        Ok(out)
     }
 
     /// What does not answer now, the database or the store, each as a sentence; empty when
@@ -105,4 +153,23 @@ impl Workspace {
         let migrator = self.migrator()?;
         Ok(migrator.with_store(self.store().await?, self.config().backup.clone()))
     }
+}
+
+/// The variables of a `.env` file; none when it does not exist.
+fn dotenv_vars(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    match dotenvy::from_path_iter(path) {
+        Ok(iter) => iter
+            .map(|item| item.with_context(|| format!("reading {}", path.display())))
+            .collect(),
+        Err(e) if e.not_found() => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// One variable of a `.env` file, if it sets it (to something).
+fn dotenv_var(path: &Path, name: &str) -> anyhow::Result<Option<String>> {
+    Ok(dotenv_vars(path)?
+        .into_iter()
+        .find(|(k, v)| k == name && !v.is_empty())
+        .map(|(_, v)| v))
 }

@@ -11,6 +11,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+mod copy;
+
+pub use copy::{CopyReport, CopySource};
+
 use anyhow::Context;
 use serde::Serialize;
 
@@ -25,7 +29,7 @@ use crate::fixture::{explain_data_failure, fill, fingerprint, Filled, Skipped};
 use crate::migrate::{DownTarget, MigrationSet, UpTarget};
 use crate::pg::{quote_ident, Database, PgContext};
 use crate::schema::{DiffOptions, Snapshot};
-use crate::store::DirStore;
+use crate::store::{DirStore, Store};
 
 /// What `rollback-test` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +42,8 @@ pub struct RollbackTestOptions {
     pub rows_skip: Vec<String>,
     /// Columns in another order after a down and up pair are not a failure.
     pub allow_column_order: bool,
+    /// `--copy`: test on a copy of the real data instead of generated rows.
+    pub copy: Option<CopySource>,
 }
 
 /// Result of one success criterion of the original procedure.
@@ -72,6 +78,8 @@ pub struct RollbackTestReport {
     pub data_checked: Vec<Filled>,
     /// The tables left out of the data check, and why.
     pub data_skipped: Vec<Skipped>,
+    /// With `--copy`: the copy, its size, and the time taken.
+    pub copy: Option<CopyReport>,
 }
 
 impl RollbackTestReport {
@@ -89,6 +97,19 @@ impl RollbackTestReport {
             if self.kept { "kept" } else { "dropped" },
             summary(&self.migrations)
         );
+        if let Some(c) = &self.copy {
+            s.push_str(&format!(
+                "copy: {} ({}), at revision {}: {} table(s), {} row(s), {:.1} MiB of CSV; taken and loaded in {:.1}s, whole run {:.1}s\n\n",
+                c.backup_id,
+                c.source,
+                c.revision.as_deref().unwrap_or("(none)"),
+                c.tables,
+                c.rows,
+                c.bytes as f64 / (1024.0 * 1024.0),
+                c.load_seconds,
+                c.total_seconds
+            ));
+        }
         let width = self
             .criteria
             .iter()
@@ -154,13 +175,15 @@ const CRITERIA: [&str; 7] = [
 ];
 
 /// Runs the procedure on a new scratch database next to `db`, dropping it afterwards
-/// (unless `keep`), also when `ctx` is cancelled first (Ctrl-C, SIGTERM).
+/// (unless `keep`), also when `ctx` is cancelled first (Ctrl-C, SIGTERM). `store` is where
+/// `--copy latest|ID` finds its backup.
 pub async fn run(
     db: &Database,
     settings: &DatabaseConfig,
     set: &MigrationSet,
     expected: Option<Snapshot>,
     options: &RollbackTestOptions,
+    store: Option<&Arc<Store>>,
     ctx: &OpContext,
 ) -> anyhow::Result<RollbackTestReport> {
     if set.migrations.is_empty() {
@@ -183,7 +206,14 @@ pub async fn run(
     // Pre-downgrade backups of the scratch database go to a directory of their own.
     let backups = std::env::temp_dir().join(format!("{name}-backups"));
     let outcome = tokio::select! {
-        r = procedure(&scratch, settings, set, expected, options, &backups, ctx) => r,
+        r = async {
+            match &options.copy {
+                Some(source) => {
+                    copy::procedure(db, &scratch, settings, set, expected, options, source, store, &backups, ctx).await
+                }
+                None => procedure(&scratch, settings, set, expected, options, &backups, ctx).await,
+            }
+        } => r,
         _ = ctx.cancelled() => Err(ctx.interrupted()),
     };
     let _ = std::fs::remove_dir_all(&backups);
@@ -325,6 +355,7 @@ async fn procedure(
         data_checked: list.filled.filled,
         data_skipped: list.filled.skipped,
         criteria: list.criteria,
+        copy: None,
     };
     let up = |target: UpTarget| UpgradeOptions {
         target,
@@ -360,20 +391,7 @@ async fn procedure(
             revisions.len()
         ),
     );
-    match expected {
-        Some(want) => {
-            if list.compare("head vs migrations/schema.json", &want, &head) {
-                list.set("schema matches", Outcome::Pass, format!("{} table(s), identical to migrations/schema.json", head.tables.len()));
-            } else {
-                list.set("schema matches", Outcome::Fail, "head schema differs from migrations/schema.json (see differences)");
-            }
-        }
-        None => list.set(
-            "schema matches",
-            Outcome::Skipped,
-            "no migrations/schema.json to compare with; write it with `backstop schema --json > migrations/schema.json`",
-        ),
-    }
+    schema_matches(&mut list, set, expected.as_ref(), &head);
 
     // Data: fill every table, remember a fingerprint of every row.
     let mut before_data = None;
@@ -489,39 +507,74 @@ async fn procedure(
     if let Some((tables, want)) = before_data {
         let client = scratch.connect().await?;
         let got = fingerprint(&client, &list.filled.filled).await?;
-        let differ: Vec<&String> = tables
-            .iter()
-            .filter(|t| want.get(*t) != got.get(*t))
-            .collect();
         let skipped = match list.filled.skipped.len() {
             0 => String::new(),
             n => format!("; {n} table(s) left out (see below)"),
         };
-        if differ.is_empty() {
-            let rows: i64 = list.filled.filled.iter().map(|f| f.rows).sum();
-            list.set(
-                "data restored",
-                Outcome::Pass,
-                format!(
-                    "{} table(s) checked, {rows} row(s), md5-identical{skipped}",
-                    tables.len()
-                ),
-            );
-        } else {
-            for t in &differ {
-                list.differences.push(format!(
-                    "data of {t}: before {} after {}",
-                    want.get(*t).map(String::as_str).unwrap_or("?"),
-                    got.get(*t).map(String::as_str).unwrap_or("?")
-                ));
-            }
-            let names: Vec<&str> = differ.iter().map(|s| s.as_str()).collect();
-            list.set(
-                "data restored",
-                Outcome::Fail,
-                format!("rows differ in {}{skipped}", names.join(", ")),
-            );
-        }
+        let rows: i64 = list.filled.filled.iter().map(|f| f.rows).sum();
+        let pass = format!(
+            "{} table(s) checked, {rows} row(s), md5-identical{skipped}",
+            tables.len()
+        );
+        data_restored(&mut list, &tables, &want, &got, pass, &skipped);
     }
     Ok(report(list))
+}
+
+/// "schema matches": the head schema against the reviewed `schema.json` beside the
+/// migrations, skipped (never passed) when there is none.
+fn schema_matches(
+    list: &mut Checklist,
+    set: &MigrationSet,
+    expected: Option<&Snapshot>,
+    head: &Snapshot,
+) {
+    let expected_file = set.dir.join("schema.json").display().to_string();
+    match expected {
+        Some(want) => {
+            if list.compare(&format!("head vs {expected_file}"), want, head) {
+                list.set("schema matches", Outcome::Pass, format!("{} table(s), identical to {expected_file}", head.tables.len()));
+            } else {
+                list.set("schema matches", Outcome::Fail, format!("head schema differs from {expected_file} (see differences)"));
+            }
+        }
+        None => list.set(
+            "schema matches",
+            Outcome::Skipped,
+            format!("no {expected_file} to compare with; write it with `backstop schema --json > {expected_file}`"),
+        ),
+    }
+}
+
+/// "data restored": every table of `tables` must have the same fingerprint in `got` as in
+/// `want`; each one that differs is listed with both.
+fn data_restored(
+    list: &mut Checklist,
+    tables: &[String],
+    want: &BTreeMap<String, String>,
+    got: &BTreeMap<String, String>,
+    pass: String,
+    skipped: &str,
+) {
+    let differ: Vec<&String> = tables
+        .iter()
+        .filter(|t| want.get(*t) != got.get(*t))
+        .collect();
+    if differ.is_empty() {
+        list.set("data restored", Outcome::Pass, pass);
+        return;
+    }
+    for t in &differ {
+        list.differences.push(format!(
+            "data of {t}: before {} after {}",
+            want.get(*t).map(String::as_str).unwrap_or("?"),
+            got.get(*t).map(String::as_str).unwrap_or("(missing)")
+        ));
+    }
+    let names: Vec<&str> = differ.iter().map(|s| s.as_str()).collect();
+    list.set(
+        "data restored",
+        Outcome::Fail,
+        format!("rows differ in {}{skipped}", names.join(", ")),
+    );
 }

@@ -36,6 +36,12 @@ pub async fn stamp(m: &Migrator, target: &str) -> anyhow::Result<StampReport> {
             .map(|m| (m.revision.as_str(), m.checksum.as_str()))
             .collect();
         ledger.stamp(&tx, &wanted).await?;
+        if let Some(project) = &m.set.alembic {
+            let kept: Vec<String> = wanted.iter().map(|(r, _)| r.to_string()).collect();
+            ledger
+                .stamp_alembic(&tx, &project.version_table_ddl, &project.heads_of(&kept))
+                .await?;
+        }
         // Stamping upwards moves on from every revision in between without their data.
         let before = previous
             .as_deref()

@@ -152,7 +152,11 @@ impl Database {
     pub async fn connect(&self) -> anyhow::Result<Client> {
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls_config()?);
         let (client, connection) = self.config.connect(tls).await.map_err(|e| {
-            let hint = if e.as_db_error().is_some() {
+            let from_server = e.as_db_error().is_some();
+            let message = PgError::from(e).message;
+            let hint = if message.contains("channel binding") {
+                "channel_binding=require needs SCRAM password authentication over TLS, which this server did not offer; connect over TLS with a SCRAM password, or use channel_binding=prefer"
+            } else if from_server {
                 "check the user name, password and database name in the database url"
             } else {
                 "check that the server is running and reachable there, and the host, port and sslmode in the database url"
@@ -164,7 +168,7 @@ impl Database {
                 self.endpoints(),
                 self.config.get_user().unwrap_or("?"),
                 self.dbname(),
-                PgError::from(e).message
+                message
             ),
             )
         })?;
@@ -257,7 +261,72 @@ impl Database {
     }
 }
 
-/// Removes `sslmode` and `sslrootcert` from a URL or key/value string.
+/// Options tokio-postgres reads itself, passed on as they are.
+const PASSED_ON: &[&str] = &[
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "sslnegotiation",
+    "host",
+    "hostaddr",
+    "port",
+    "connect_timeout",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+];
+
+/// Query options of SQLAlchemy's dialects that concern the Python driver, not the server.
+const DRIVER_ONLY: &[&str] = &["prepared_statement_cache_size", "async_fallback"];
+
+/// SQLAlchemy's drivers for PostgreSQL, whose URLs (`postgresql+asyncpg://`) name the same
+/// server as `postgresql://`.
+const SQLALCHEMY_DRIVERS: &[&str] = &["asyncpg", "psycopg", "psycopg2", "psycopg2cffi", "pg8000"];
+
+/// The URL with a SQLAlchemy scheme (`postgresql+asyncpg://`) read as `postgresql://`.
+fn without_driver(url: &str) -> anyhow::Result<String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Ok(url.to_string());
+    };
+    let Some((base, driver)) = scheme.split_once('+') else {
+        return Ok(url.to_string());
+    };
+    if !matches!(base, "postgresql" | "postgres") {
+        return usage(format!(
+            "the database url's scheme {scheme}:// is not PostgreSQL; use postgres:// or postgresql://"
+        ));
+    }
+    if !SQLALCHEMY_DRIVERS.contains(&driver) {
+        return usage(format!(
+            "the database url names the driver {driver} ({scheme}://), which backstop does not know; use postgresql:// or one of {}",
+            SQLALCHEMY_DRIVERS
+                .iter()
+                .map(|d| format!("postgresql+{d}://"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(format!("postgresql://{rest}"))
+}
+
+/// The same database as a SQLAlchemy URL (`postgres://` is not one), for Alembic's env.py.
+pub fn sqlalchemy_url(url: &str) -> String {
+    match url.strip_prefix("postgres://") {
+        Some(rest) => format!("postgresql://{rest}"),
+        None => url.to_string(),
+    }
+}
+
+/// Removes `sslmode`, asyncpg's `ssl` and `sslrootcert` from a URL or key/value string,
+/// reading SQLAlchemy URLs as the PostgreSQL URL they name; an option nobody reads is an
+/// error that names it.
 fn split_tls_params(url: &str) -> anyhow::Result<(String, SslMode, Option<RootCert>)> {
     let mut mode = SslMode::Prefer;
     let mut root = None;
@@ -278,6 +347,22 @@ fn split_tls_params(url: &str) -> anyhow::Result<(String, SslMode, Option<RootCe
                 };
                 Ok(true)
             }
+            // asyncpg's spelling, in the URLs SQLAlchemy projects keep in .env.
+            "ssl" => {
+                mode = match value.to_ascii_lowercase().as_str() {
+                    "disable" | "allow" | "false" => SslMode::Disable,
+                    "prefer" => SslMode::Prefer,
+                    "require" | "true" => SslMode::Require,
+                    "verify-ca" => SslMode::VerifyCa,
+                    "verify-full" => SslMode::VerifyFull,
+                    other => {
+                        return usage(format!(
+                            "ssl={other} in the database url is not one of disable, allow, prefer, require, verify-ca, verify-full, true, false"
+                        ))
+                    }
+                };
+                Ok(true)
+            }
             "sslrootcert" => {
                 root = Some(if value == "system" {
                     RootCert::System
@@ -286,9 +371,15 @@ fn split_tls_params(url: &str) -> anyhow::Result<(String, SslMode, Option<RootCe
                 });
                 Ok(true)
             }
-            _ => Ok(false),
+            k if DRIVER_ONLY.contains(&k) => Ok(true),
+            k if PASSED_ON.contains(&k) => Ok(false),
+            other => usage(format!(
+                "the database url has the option `{other}`, which backstop does not know; remove it, or use one of sslmode, ssl, sslrootcert, {}",
+                PASSED_ON.join(", ")
+            )),
         }
     };
+    let url = without_driver(url)?;
     let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         match url.split_once('?') {
             None => url.to_string(),
@@ -296,7 +387,7 @@ fn split_tls_params(url: &str) -> anyhow::Result<(String, SslMode, Option<RootCe
                 let mut kept = Vec::new();
                 for pair in query.split('&').filter(|p| !p.is_empty()) {
                     let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    if !apply(k, &percent_decode(v))? {
+                    if !apply(&percent_decode(k), &percent_decode(v))? {
                         kept.push(pair);
                     }
                 }
@@ -478,6 +569,69 @@ mod tests {
         assert_eq!(db.describe(), "app@db.example.com:6543/appdb");
         assert!(!format!("{db:?}").contains("secretpw"));
         assert_eq!(db.with_dbname("other").dbname(), "other");
+    }
+
+    #[test]
+    fn the_urls_sqlalchemy_projects_keep() {
+        for (url, want) in [
+            (
+                "postgresql+asyncpg://u:pw@h/db?ssl=require",
+                SslMode::Require,
+            ),
+            ("postgresql+asyncpg://u:pw@h/db?ssl=true", SslMode::Require),
+            ("postgresql+asyncpg://u:pw@h/db?ssl=false", SslMode::Disable),
+            (
+                "postgresql+asyncpg://u:pw@h/db?ssl=disable",
+                SslMode::Disable,
+            ),
+            ("postgresql+asyncpg://u:pw@h/db?ssl=prefer", SslMode::Prefer),
+            (
+                "postgresql+asyncpg://u:pw@h/db?ssl=verify-ca",
+                SslMode::VerifyCa,
+            ),
+            (
+                "postgresql+asyncpg://u:pw@h/db?ssl=verify-full",
+                SslMode::VerifyFull,
+            ),
+            (
+                "postgresql+psycopg://u:pw@h/db?sslmode=require",
+                SslMode::Require,
+            ),
+            ("postgresql+psycopg2://u:pw@h/db", SslMode::Prefer),
+            ("postgresql+pg8000://u:pw@h/db?ssl=true", SslMode::Require),
+        ] {
+            let db = parse(url);
+            assert_eq!(db.ssl_mode(), want, "{url}");
+            assert_eq!(db.describe(), "u@h:5432/db", "{url}");
+        }
+        // Neon's console string: channel binding and the endpoint option reach the server.
+        let db = parse(
+            "postgresql://u:pw@ep-cool-1.eu-central-1.aws.neon.tech/neondb?sslmode=require&channel_binding=require&options=endpoint%3Dep-cool-1",
+        );
+        assert_eq!(db.ssl_mode(), SslMode::Require);
+        assert_eq!(
+            db.config.get_channel_binding(),
+            tokio_postgres::config::ChannelBinding::Require
+        );
+        assert_eq!(db.config.get_options(), Some("endpoint=ep-cool-1"));
+        // What only the Python driver reads is dropped; what nobody reads is named.
+        let db = parse("postgresql+asyncpg://u:pw@h/db?prepared_statement_cache_size=0");
+        assert_eq!(db.dbname(), "db");
+        for (url, named) in [
+            ("postgresql+asyncpg://u:secretpw@h/db?sslfoo=1", "`sslfoo`"),
+            ("postgresql+mysqldb://u:secretpw@h/db", "mysqldb"),
+            (
+                "postgresql+asyncpg://u:secretpw@h/db?ssl=maybe",
+                "ssl=maybe",
+            ),
+        ] {
+            let e = Database::parse(url, &DatabaseConfig::default()).unwrap_err();
+            let text = format!("{e:#}");
+            assert_eq!(crate::error::kind_of(&e), Kind::Usage, "{url}");
+            assert!(text.contains(named), "{text}");
+            assert!(!text.contains("secretpw"), "{text}");
+        }
+        assert_eq!(sqlalchemy_url("postgres://u@h/db"), "postgresql://u@h/db");
     }
 
     #[test]

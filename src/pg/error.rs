@@ -15,6 +15,11 @@ pub fn show_row_values(on: bool) {
     SHOW_ROW_VALUES.store(on, Ordering::Relaxed);
 }
 
+/// Whether messages may carry row values (`-v`).
+pub fn row_values_shown() -> bool {
+    SHOW_ROW_VALUES.load(Ordering::Relaxed)
+}
+
 /// A PostgreSQL error flattened into one readable line, keeping the SQLSTATE so callers
 /// can still ask what happened (a lock timeout, a cancelled statement).
 #[derive(Debug, Clone)]

@@ -9,6 +9,6 @@ pub mod lock;
 pub mod session;
 mod sql;
 
-pub use connect::{Database, SslMode};
-pub use error::{show_row_values, PgContext, PgError};
+pub use connect::{sqlalchemy_url, Database, SslMode};
+pub use error::{row_values_shown, show_row_values, PgContext, PgError};
 pub use sql::{qualified, quote_ident, quote_literal};

@@ -91,6 +91,7 @@ pub async fn restore_tables(
     .pg(|| "locking the tables to restore")?;
     let mut skipped = Vec::new();
     let mut merge = Vec::new();
+    let mut seeded = Vec::new();
     let mut targets = targets;
     match mode {
         RestoreMode::Fail | RestoreMode::SkipFilled => {
@@ -123,6 +124,9 @@ pub async fn restore_tables(
                 };
                 match t.entry.on_restore {
                     OnRestore::Merge if !t.entry.primary_key.is_empty() => merge.push(t),
+                    // Re-created and seeded by an up step (a lookup table): the seed's
+                    // rows must match the backup's, the user's own rows go back.
+                    OnRestore::Load if !t.entry.primary_key.is_empty() => seeded.push(t),
                     OnRestore::Replace if rows == t.entry.rows as i64 => {
                         tx.batch_execute(&format!("TRUNCATE ONLY {}", t.qualified))
                             .await
@@ -200,6 +204,20 @@ pub async fn restore_tables(
         tracing::info!(
             "{}: {added} of {rows} backed-up row(s) were missing and were put back",
             manifest.label(t.entry)
+        );
+    }
+    for t in &seeded {
+        let (rows, added) = via_temp_table(tx, store, t, ctx, Finish::AfterSeed).await?;
+        report.push(TableRestored {
+            table: manifest.label(t.entry),
+            rows: added,
+            indexes_rebuilt: Vec::new(),
+            sequences: advance_sequences(tx, t).await?,
+        });
+        tracing::info!(
+            "{}: the up steps seeded {} row(s) identical to the backup's; the other {added} were put back",
+            manifest.label(t.entry),
+            rows - added
         );
     }
     Ok(LoadedTables {
@@ -333,6 +351,9 @@ enum Finish {
     UpdateByKey,
     /// Insert the rows whose key is missing; leave the others.
     InsertMissing,
+    /// Insert the rows whose key is missing; a row with the same key must be identical
+    /// (the seed of an up step), anything else is a conflict that stops the restore.
+    AfterSeed,
 }
 
 /// Streams an entry into a temporary table shaped like its columns, then finishes into the
@@ -359,6 +380,9 @@ async fn via_temp_table(
         cols.join(", ")
     );
     let loaded = copy_verified(tx, &copy, store, entry, ctx).await?;
+    if matches!(finish, Finish::AfterSeed) {
+        seed_conflicts(tx, t, &temp).await?;
+    }
     let sql = match finish {
         Finish::UpdateByKey => {
             let set: Vec<String> = entry
@@ -378,7 +402,7 @@ async fn via_temp_table(
                 on.join(" AND ")
             )
         }
-        Finish::InsertMissing => format!(
+        Finish::InsertMissing | Finish::AfterSeed => format!(
             "INSERT INTO {target} ({0}) OVERRIDING SYSTEM VALUE SELECT {0} FROM {temp} ON CONFLICT DO NOTHING",
             cols.join(", ")
         ),
@@ -393,6 +417,64 @@ async fn via_temp_table(
         .await
         .pg(|| "dropping the temporary table")?;
     Ok((loaded, touched))
+}
+
+/// Fails when a staged row's key is in the table with other values: the up step seeded
+/// something else than the user had, and neither may silently win. Names the table, the
+/// key columns, how many rows differ, and (with `-v` only) the first key.
+async fn seed_conflicts(tx: &Transaction<'_>, t: &Target<'_>, temp: &str) -> anyhow::Result<()> {
+    let entry = t.entry;
+    let on: Vec<String> = entry
+        .primary_key
+        .iter()
+        .map(|k| format!("t.{0} = s.{0}", quote_ident(k)))
+        .collect();
+    let text = |side: &str| -> String {
+        entry
+            .columns
+            .iter()
+            .map(|c| format!("{side}.{}::text", quote_ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let key: Vec<String> = entry
+        .primary_key
+        .iter()
+        .map(|k| format!("s.{}::text", quote_ident(k)))
+        .collect();
+    let row = tx
+        .query_one(
+            &format!(
+                "SELECT count(*), (array_agg(ROW({key})::text))[1] FROM {temp} AS s JOIN ONLY {target} AS t ON {on}
+                 WHERE ROW({s}) IS DISTINCT FROM ROW({t})",
+                key = key.join(", "),
+                target = t.qualified,
+                on = on.join(" AND "),
+                s = text("s"),
+                t = text("t"),
+            ),
+            &[],
+        )
+        .await
+        .pg(|| format!("comparing {} with the rows the up steps seeded", entry.display()))?;
+    let differ: i64 = row.get(0);
+    if differ == 0 {
+        return Ok(());
+    }
+    let first = if crate::pg::row_values_shown() {
+        format!(
+            ", the first with key {}",
+            row.get::<_, Option<String>>(1).unwrap_or_default()
+        )
+    } else {
+        " (run with -v to see the first key)".to_string()
+    };
+    refused(format!(
+        "{}: {differ} backed-up row(s) have the same key ({}) as a row the up steps put there but other values{first}; nothing was restored. Leave the table out with --restore-skip {}, or reconcile the seed with the backup and `backstop restore` it",
+        entry.display(),
+        entry.primary_key.join(", "),
+        entry.name
+    ))
 }
 
 /// Drops the indexes that back no constraint, returning (name, definition) to rebuild.

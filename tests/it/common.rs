@@ -155,14 +155,22 @@ impl Project {
     }
 
     fn write_config(&self) {
-        let mut text = format!("[database]\nurl = \"{}\"\n", self.db_url);
+        let mut text = if self.db_url.is_empty() {
+            "[database]\n".to_string()
+        } else {
+            format!("[database]\nurl = \"{}\"\n", self.db_url)
+        };
         if let Some(extra) = self.sections.get("database") {
             text.push_str(extra);
             text.push('\n');
         }
-        text.push_str("\n[migrations]\ndir = \"migrations\"\n");
+        let migrations = self
+            .sections
+            .get("migrations")
+            .map_or("dir = \"migrations\"", String::as_str);
+        text.push_str(&format!("\n[migrations]\n{migrations}\n"));
         for (name, body) in &self.sections {
-            if name != "database" {
+            if name != "database" && name != "migrations" {
                 text.push_str(&format!("\n[{name}]\n{body}\n"));
             }
         }

@@ -1,6 +1,8 @@
 //! Integration tests: the real binary against a real PostgreSQL. Each test makes its own
 //! database (see `common::TestDb`), so they run in parallel.
 
+mod alembic;
+mod alembic_project;
 mod backup;
 mod bounded;
 mod cluster;

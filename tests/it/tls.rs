@@ -203,6 +203,37 @@ async fn tls_modes_and_password_authentication() {
         assert!(!err.contains(PASSWORD), "{mode}: {err}");
     }
 
+    // Neon's console string: channel binding over TLS with SCRAM; and the asyncpg URL a
+    // FastAPI project keeps in .env.
+    let neon = c.url(
+        "127.0.0.1",
+        PASSWORD,
+        "sslmode=require&channel_binding=require&options=-c%20application_name%3Dneon-style",
+    );
+    assert!(ssl_in_use(&neon).await.unwrap());
+    let asyncpg = format!(
+        "postgresql+asyncpg://postgres:{PASSWORD}@127.0.0.1:{}/postgres?ssl=require&channel_binding=require",
+        c.port
+    );
+    assert!(ssl_in_use(&asyncpg).await.unwrap());
+    let p = Project::empty(&asyncpg);
+    assert_eq!(p.ok(&["current"]).stdout, "(none)\n");
+    // A server that cannot bind the channel (trust authentication, here the test server)
+    // is refused, saying why.
+    let e = format!(
+        "{:#}",
+        ssl_in_use(&format!(
+            "{}?channel_binding=require",
+            admin_url().split('?').next().unwrap()
+        ))
+        .await
+        .unwrap_err()
+    );
+    assert!(
+        e.contains("channel binding") && e.contains("channel_binding=prefer"),
+        "{e}"
+    );
+
     // Plaintext is rejected by the server; the error names host and port.
     let err = format!(
         "{:#}",

@@ -30,8 +30,18 @@ pub const DOWNGRADES_TABLE: &str = "backstop_downgrades";
 /// Every scheduled slot a daemon ran, failed or found missed.
 pub const SLOTS_TABLE: &str = "backstop_schedule_slots";
 
-/// backstop's own tables, left out of schema snapshots, backups and emptiness checks.
-pub const OWN_TABLES: &[&str] = &[BOOKKEEPING_TABLE, DOWNGRADES_TABLE, SLOTS_TABLE];
+/// Alembic's record of the current revision, which the rendered SQL of an Alembic project
+/// keeps in step: bookkeeping like backstop's own, not data.
+pub const ALEMBIC_VERSION_TABLE: &str = "alembic_version";
+
+/// Bookkeeping tables (backstop's own and Alembic's), left out of schema snapshots,
+/// backups, downgrade plans and emptiness checks.
+pub const OWN_TABLES: &[&str] = &[
+    BOOKKEEPING_TABLE,
+    DOWNGRADES_TABLE,
+    SLOTS_TABLE,
+    ALEMBIC_VERSION_TABLE,
+];
 
 /// Schemas that belong to users: not the system's, not temporary, not TOAST.
 pub(super) const USER_SCHEMA: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema')

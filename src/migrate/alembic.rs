@@ -259,10 +259,40 @@ pub fn explain_failure(stderr: &str, project: &Path) -> String {
         let line = rest.strip_prefix(", line ")?.split(',').next()?.trim();
         in_project.then(|| format!("{file}:{line}"))
     });
+    let last = without_passwords(&last);
     match frame {
         Some(at) => format!("{last} (at {at})"),
         None => last,
     }
+}
+
+/// `scheme://user:secret@host` → `scheme://user:***@host`: SQLAlchemy quotes the URL it
+/// could not use, and env.py's URL carries the password.
+pub fn without_passwords(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == '\'' || c == '"')
+            .unwrap_or(tail.len());
+        let (token, after) = tail.split_at(end);
+        match token
+            .rfind('@')
+            .and_then(|at| token[..at].find(':').map(|c| (c, at)))
+        {
+            Some((colon, at)) => {
+                out.push_str(&token[..=colon]);
+                out.push_str("***");
+                out.push_str(&token[at..]);
+            }
+            None => out.push_str(token),
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The output of one Alembic run.

@@ -82,3 +82,19 @@ fn failures_point_into_the_project() {
     assert!(e.starts_with("AttributeError: module"), "{e}");
     assert!(e.ends_with("001_x.py:7)"), "{e}");
 }
+
+#[test]
+fn urls_in_alembics_messages_lose_their_passwords() {
+    assert_eq!(
+        without_passwords("Could not parse SQLAlchemy URL from string 'postgresql+asyncpg://app:s3cr3t@db:5432/x?ssl=require'"),
+        "Could not parse SQLAlchemy URL from string 'postgresql+asyncpg://app:***@db:5432/x?ssl=require'"
+    );
+    assert_eq!(
+        without_passwords("see https://alembic.sqlalchemy.org/"),
+        "see https://alembic.sqlalchemy.org/"
+    );
+    assert_eq!(
+        without_passwords("postgresql://u@h/db"),
+        "postgresql://u@h/db"
+    );
+}

@@ -318,6 +318,32 @@ async fn what_alembic_cannot_render_offline_is_refused_before_anything_runs() {
     assert!(e.contains("c0ffee000001_backfill.py:6"), "{e}");
     std::fs::remove_file(a.versions().join("c0ffee000001_backfill.py")).unwrap();
 
+    // A Python without Alembic: what to install, or what to set.
+    let bare_venv = tempfile::tempdir().unwrap();
+    let made = std::process::Command::new("python3")
+        .args(["-m", "venv", "--without-pip"])
+        .arg(bare_venv.path())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let bare_python = bare_venv.path().join("bin/python");
+    let mut p3 = Project::empty("");
+    copy_dir(&a.backend(), &p3.path().join("backend"));
+    p3.set_section(
+        "migrations",
+        &format!(
+            "dir = \"backend\"\ncommand = [\"{}\", \"-m\", \"alembic\"]",
+            bare_python.display()
+        ),
+    );
+    let r = p3.run(&["history"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(
+        r.stderr.contains("Alembic is not installed for")
+            && r.stderr.contains("pip install alembic"),
+        "{r}"
+    );
+
     // No Python where the config says: what to set.
     let mut p2 = Project::empty("");
     copy_dir(&a.backend(), &p2.path().join("backend"));
@@ -502,6 +528,31 @@ async fn rollback_test_on_a_copy_of_the_real_data() {
         scratch.iter().all(|s| !left.contains(s)),
         "{scratch:?} in {left:?}"
     );
+
+    // A pending migration that real data breaks (generated rows never would): named, exit
+    // 3, the real database untouched, the scratch database gone.
+    a.revision(
+        "6c0ffee6c0ff_unique_user.py",
+        "revision = '6c0ffee6c0ff'\ndown_revision = '5b7c0ffee5b7'\nfrom alembic import op\n\ndef upgrade():\n    op.create_unique_constraint('uq_tasks_user_id', 'tasks', ['user_id'])\n\ndef downgrade():\n    op.drop_constraint('uq_tasks_user_id', 'tasks', type_='unique')\n",
+    );
+    let (code, v) = p.json(&["rollback-test", "--copy"]);
+    assert_eq!(code, 3, "{v:#}");
+    let applies = &v["criteria"][0];
+    assert_eq!(applies["outcome"], "fail", "{applies}");
+    let detail = applies["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("6c0ffee6c0ff:") && detail.contains("uq_tasks_user_id"),
+        "{detail}"
+    );
+    assert!(
+        !detail.contains("user-1"),
+        "row values only with -v: {detail}"
+    );
+    let left = scratch_databases(&c).await;
+    assert!(!left.contains(&v["scratch_database"].as_str().unwrap().to_string()));
+    assert_eq!(a.backstop_current(), "5b7c0ffee5b7");
+    assert_eq!(table_md5(&c, "tasks", "id").await, real);
+    std::fs::remove_file(a.versions().join("6c0ffee6c0ff_unique_user.py")).unwrap();
 
     // A pre-downgrade backup is not a copy.
     p.ok(&["downgrade", "-1"]);

@@ -21,7 +21,7 @@ pub struct UpgradeArgs {
     /// Print the SQL that would run, change nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// Go on although an applied up.sql changed since it ran
+    /// Go on although an applied migration's up script (Alembic: revision file) changed since it ran
     #[arg(long)]
     pub allow_drift: bool,
     /// Put back the data of the pre-downgrade backup (latest, or a backup id) in the same
@@ -47,7 +47,7 @@ pub struct DowngradeArgs {
     /// Accept that the data the downgrade drops is gone for good (needs --no-backup)
     #[arg(long, requires = "no_backup")]
     pub allow_data_loss: bool,
-    /// Go on although an applied up.sql changed since it ran
+    /// Go on although an applied migration's up script (Alembic: revision file) changed since it ran
     #[arg(long)]
     pub allow_drift: bool,
 }
@@ -96,7 +96,7 @@ pub async fn history(ctx: &Ctx) -> anyhow::Result<Output> {
             ),
             EntryState::Pending => "pending".to_string(),
             EntryState::Drifted => format!(
-                "applied {}, DRIFT: up.sql changed since it was applied",
+                "applied {}, DRIFT: changed since it was applied",
                 e.applied_at.as_deref().unwrap_or("?")
             ),
             EntryState::Missing => "applied, MISSING: its migration folder is gone".to_string(),

@@ -158,7 +158,7 @@ impl Status {
         if !drifted.is_empty() && !allow_drift {
             let names: Vec<_> = drifted.iter().map(|e| e.revision.as_str()).collect();
             return verification(format!(
-                "up.sql of {} changed since it was applied (checksum drift); restore the original file, or pass --allow-drift if the change is intended",
+                "the up script of {} changed since it was applied (checksum drift; for Alembic, its revision file); restore the original file, or pass --allow-drift if the change is intended",
                 names.join(", ")
             ));
         }
@@ -256,7 +256,7 @@ mod tests {
             (
                 vec![drifted.clone()],
                 false,
-                Some((Kind::Verification, "up.sql of 001_a changed")),
+                Some((Kind::Verification, "the up script of 001_a changed")),
             ),
             (vec![drifted], true, None),
         ];

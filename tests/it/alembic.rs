@@ -163,6 +163,19 @@ async fn a_database_alembic_migrated_is_adopted_and_followed() {
 }
 
 #[tokio::test]
+async fn env_py_gets_database_url_from_the_configured_database_when_nothing_sets_it() {
+    let db = TestDb::new().await;
+    let mut a = AlembicProject::new(&db);
+    std::fs::remove_file(a.backend().join(".env")).unwrap();
+    a.project
+        .set_database_extra(&format!("url = \"{}\"", db.url));
+    // env.py reads os.environ["DATABASE_URL"]; backstop sets it, as SQLAlchemy spells it.
+    let r = a.project.ok(&["upgrade"]);
+    assert!(r.stdout.contains("current: 9e0d51c2aa10 (head)"), "{r}");
+    a.both_at(HEAD);
+}
+
+#[tokio::test]
 async fn rollback_test_passes_every_criterion_on_the_alembic_project() {
     let db = TestDb::new().await;
     let a = AlembicProject::new(&db);

@@ -9,7 +9,6 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::config::{process_env, Config, Loaded};
-use crate::migrate::MigrationSet;
 use crate::pg::catalog::{data_tables, Schemas};
 use crate::pg::Database;
 use crate::schedule::Schedule;
@@ -34,7 +33,9 @@ impl CheckReport {
 }
 
 pub async fn check(explicit: Option<&Path>) -> anyhow::Result<CheckReport> {
-    let loaded = Loaded::read(explicit, &process_env()?)?;
+    let env = process_env()?;
+    let mut loaded = Loaded::read(explicit, &env)?;
+    super::project_database_url(&mut loaded)?;
     let origin = loaded.origin();
     let config = &loaded.config;
     let mut problems = config.problems(&origin);
@@ -61,7 +62,7 @@ pub async fn check(explicit: Option<&Path>) -> anyhow::Result<CheckReport> {
     }
     let migrations = loaded.migrations_dir();
     if migrations.is_dir() {
-        if let Err(e) = MigrationSet::load_as(&migrations, config.migrations.layout) {
+        if let Err(e) = super::load_migrations(&loaded, &env) {
             problems.push(format!("{origin}: [migrations] {e:#}"));
         }
     } else {

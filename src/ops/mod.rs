@@ -44,14 +44,7 @@ impl Workspace {
     pub fn load(explicit: Option<&Path>) -> anyhow::Result<Workspace> {
         let env = process_env()?;
         let mut loaded = Loaded::load(explicit, &env)?;
-        // An Alembic project's `.env` (beside alembic.ini) holds its DATABASE_URL.
-        if loaded.config.database.url.is_none() {
-            if let Some(project) = alembic::project_dir(&loaded.migrations_dir()) {
-                if let Some(url) = dotenv_var(&project.join(".env"), "DATABASE_URL")? {
-                    loaded.config.database.url = Some(Secret(url));
-                }
-            }
-        }
+        project_database_url(&mut loaded)?;
         Ok(Workspace { loaded, env })
     }
 
@@ -78,45 +71,7 @@ impl Workspace {
     }
 
     pub fn migrations(&self) -> anyhow::Result<MigrationSet> {
-        let dir = self.loaded.migrations_dir();
-        let config = &self.loaded.config.migrations;
-        MigrationSet::load_with(
-            &dir,
-            &LoadOptions {
-                layout: config.layout,
-                command: config.command.clone(),
-                env: self.alembic_env(&dir)?,
-                timeout: Duration::from_secs(config.render_timeout_secs),
-            },
-        )
-    }
-
-    /// What Alembic's env.py expects beyond the process environment: the variables of the
-    /// working directory's `.env` and the project's, and `DATABASE_URL` (from the configured
-    /// database, as SQLAlchemy spells it) when neither sets it. Offline mode never connects.
-    fn alembic_env(&self, dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
-        let Some(project) = alembic::project_dir(dir) else {
-            return Ok(Vec::new());
-        };
-        let mut env: Env = self
-            .env
-            .iter()
-            .filter(|(k, _)| std::env::var_os(k).is_none())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (k, v) in dotenv_vars(&project.join(".env"))? {
-            if std::env::var_os(&k).is_none() {
-                env.entry(k).or_insert(v);
-            }
-        }
-        if std::env::var_os("DATABASE_URL").is_none() && !env.contains_key("DATABASE_URL") {
-            if let Some(url) = &self.loaded.config.database.url {
-                env.insert("DATABASE_URL".into(), crate::pg::sqlalchemy_url(&url.0));
-            }
-        }
-        let mut out: Vec<(String, String)> = env.into_iter().collect();
-        out.sort();
-        Ok(out)
+        load_migrations(&self.loaded, &self.env)
     }
 
     /// What does not answer now, the database or the store, each as a sentence; empty when
@@ -172,4 +127,60 @@ fn dotenv_var(path: &Path, name: &str) -> anyhow::Result<Option<String>> {
         .into_iter()
         .find(|(k, v)| k == name && !v.is_empty())
         .map(|(_, v)| v))
+}
+
+/// With no database configured, an Alembic project's `.env` (beside alembic.ini) names it,
+/// as the project's own `DATABASE_URL`.
+pub(crate) fn project_database_url(loaded: &mut Loaded) -> anyhow::Result<()> {
+    if loaded.config.database.url.is_none() {
+        if let Some(project) = alembic::project_dir(&loaded.migrations_dir()) {
+            if let Some(url) = dotenv_var(&project.join(".env"), "DATABASE_URL")? {
+                loaded.config.database.url = Some(Secret(url));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The migrations the configuration names, read as `[migrations]` says (for Alembic: its
+/// command, the project's environment, the render timeout).
+pub(crate) fn load_migrations(loaded: &Loaded, env: &Env) -> anyhow::Result<MigrationSet> {
+    let dir = loaded.migrations_dir();
+    let config = &loaded.config.migrations;
+    MigrationSet::load_with(
+        &dir,
+        &LoadOptions {
+            layout: config.layout,
+            command: config.command.clone(),
+            env: alembic_env(loaded, env, &dir)?,
+            timeout: Duration::from_secs(config.render_timeout_secs),
+        },
+    )
+}
+
+/// What Alembic's env.py expects beyond the process environment: the variables of the
+/// working directory's `.env` and the project's, and `DATABASE_URL` (from the configured
+/// database, as SQLAlchemy spells it) when neither sets it. Offline mode never connects.
+fn alembic_env(loaded: &Loaded, env: &Env, dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let Some(project) = alembic::project_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut extra: Env = env
+        .iter()
+        .filter(|(k, _)| std::env::var_os(k).is_none())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (k, v) in dotenv_vars(&project.join(".env"))? {
+        if std::env::var_os(&k).is_none() {
+            extra.entry(k).or_insert(v);
+        }
+    }
+    if std::env::var_os("DATABASE_URL").is_none() && !extra.contains_key("DATABASE_URL") {
+        if let Some(url) = &loaded.config.database.url {
+            extra.insert("DATABASE_URL".into(), crate::pg::sqlalchemy_url(&url.0));
+        }
+    }
+    let mut out: Vec<(String, String)> = extra.into_iter().collect();
+    out.sort();
+    Ok(out)
 }

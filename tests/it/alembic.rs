@@ -170,6 +170,7 @@ async fn env_py_gets_database_url_from_the_configured_database_when_nothing_sets
     a.project
         .set_database_extra(&format!("url = \"{}\"", db.url));
     // env.py reads os.environ["DATABASE_URL"]; backstop sets it, as SQLAlchemy spells it.
+    a.project.ok(&["config", "check"]);
     let r = a.project.ok(&["upgrade"]);
     assert!(r.stdout.contains("current: 9e0d51c2aa10 (head)"), "{r}");
     a.both_at(HEAD);
@@ -317,6 +318,12 @@ async fn what_alembic_cannot_render_offline_is_refused_before_anything_runs() {
         "{e}"
     );
     assert!(e.contains("alembic merge"), "{e}");
+    let r = p.run(&["config", "check"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(
+        r.stdout.contains("has 2 heads") || r.stderr.contains("has 2 heads"),
+        "{r}"
+    );
 
     // Alembic's own error, with the revision file and line.
     a.revision(

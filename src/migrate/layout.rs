@@ -27,7 +27,7 @@ impl Layout {
         match self {
             Layout::Backstop => "backstop: 001_name/up.sql and down.sql",
             Layout::Diesel => {
-                "diesel: 2019-02-26-002946_name/up.sql and down.sql (metadata.toml honoured)"
+                "diesel: 2026-06-26-100902-0000_name or 2019-02-26-002946_name/up.sql and down.sql (metadata.toml honoured)"
             }
             Layout::GolangMigrate => {
                 "golang-migrate or sqlx: 000001_name.up.sql and 000001_name.down.sql"
@@ -147,21 +147,35 @@ pub struct Survey {
     pub problems: Vec<String>,
 }
 
-/// `001`, `20190226002946` or diesel's `2019-02-26-002946` → the number; None otherwise.
+/// `001`, `20190226002946`, or diesel's `2019-02-26-002946` and `2019-02-26-002946-0000`
+/// (diesel 2.x) → the number; None otherwise. diesel's dashed forms count in units of its
+/// four-digit suffix, so `…-002946` and `…-002946-0000` are one version and both order
+/// after the plain timestamps diesel wrote before it switched to dashes.
 pub fn version_number(version: &str) -> Option<u64> {
-    let digits: String = version.chars().filter(|c| *c != '-').collect();
-    let dashed_ok = !version.contains('-') || is_diesel_dashed(version);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || !dashed_ok {
+    if version.contains('-') {
+        let parts: Vec<&str> = version.split('-').collect();
+        if !is_diesel_dashed(version) {
+            return None;
+        }
+        let stamp: String = parts[..4].concat();
+        let suffix: u64 = parts.get(4).map_or(Some(0), |s| s.parse().ok())?;
+        return stamp
+            .parse::<u64>()
+            .ok()?
+            .checked_mul(10_000)?
+            .checked_add(suffix);
+    }
+    if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    version.parse().ok()
 }
 
-/// `2019-02-26-002946`.
+/// `2019-02-26-002946`, or diesel 2.x's `2019-02-26-002946-0000`.
 fn is_diesel_dashed(v: &str) -> bool {
     let parts: Vec<&str> = v.split('-').collect();
-    parts.len() == 4
-        && [4, 2, 2, 6]
+    matches!(parts.len(), 4 | 5)
+        && [4, 2, 2, 6, 4]
             .iter()
             .zip(&parts)
             .all(|(n, p)| p.len() == *n && p.bytes().all(|b| b.is_ascii_digit()))
@@ -338,7 +352,7 @@ pub fn survey(dir: &Path, setting: LayoutSetting) -> std::io::Result<Survey> {
                 s.candidates.push(folder(&name, &path, &mut s.problems))
             }
             Entry::MisnamedFolder(path) if family == Family::Folders => s.problems.push(format!(
-                "migration folder {} is not named <version>_<name> (e.g. 002_add_tags, or diesel's 2019-02-26-002946_add_tags); rename it or move it out of {}",
+                "migration folder {} is not named <version>_<name> (e.g. 002_add_tags, or diesel's 2026-06-26-100902-0000_add_tags); rename it or move it out of {}",
                 path.display(),
                 dir.display()
             )),
@@ -517,13 +531,28 @@ mod tests {
     #[test]
     fn versions_of_every_layout() {
         assert_eq!(version_number("001"), Some(1));
-        assert_eq!(version_number("2019-02-26-002946"), Some(20190226002946));
+        assert_eq!(
+            version_number("2019-02-26-002946"),
+            Some(201902260029460000)
+        );
+        assert_eq!(
+            version_number("2026-06-26-100902-0000"),
+            Some(202606261009020000)
+        );
+        assert_eq!(version_number("2026-06-26-100902-00"), None);
+        assert_eq!(version_number("2026-06-26-100902-0000-1"), None);
+        assert!(version_number("2019-02-26-002946") < version_number("2026-06-26-100902-0000"));
+        assert!(version_number("20190226002946") < version_number("2019-02-26-002946"));
         assert_eq!(version_number("20190226002946"), Some(20190226002946));
         assert_eq!(version_number("2019-02-26"), None);
         assert_eq!(version_number("V1"), None);
         assert_eq!(
             revision_number("2019-02-26-002946_create user"),
-            Some(20190226002946)
+            Some(201902260029460000)
+        );
+        assert_eq!(
+            revision_number("2026-06-26-100902-0000_add_x"),
+            Some(202606261009020000)
         );
         assert_eq!(revision_number("000001_init"), Some(1));
         assert_eq!(revision_number("V1__init"), None);

@@ -158,11 +158,21 @@ impl Snapshot {
         }
         for row in client
             .query(
+                // PostgreSQL 18 records every NOT NULL as a constraint (contype 'n'); the
+                // ones it named itself, and those a partition or child inherits, are column
+                // nullability, which the columns carry, so a snapshot reads the same on
+                // every version. A NOT NULL a migration named, or made NO INHERIT or NOT
+                // VALID, stays.
                 "SELECT t.relname, con.conname, pg_catalog.pg_get_constraintdef(con.oid, true)
                  FROM pg_catalog.pg_constraint con
                  JOIN pg_catalog.pg_class t ON t.oid = con.conrelid
                  JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace
-                 WHERE n.nspname = $1",
+                 WHERE n.nspname = $1
+                   AND NOT (con.contype = 'n' AND con.convalidated AND NOT con.connoinherit
+                            AND (NOT con.conislocal OR con.conname = t.relname || '_' || (
+                                SELECT a.attname FROM pg_catalog.pg_attribute a
+                                WHERE a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
+                            ) || '_not_null'))",
                 &[&schema],
             )
             .await

@@ -110,7 +110,12 @@ pub fn repo_root() -> PathBuf {
 impl Project {
     /// A project with the repository's own migrations.
     pub fn new(db: &TestDb) -> Project {
-        let p = Project::empty(&db.url);
+        Project::new_with_url(&db.url)
+    }
+
+    /// The repository's own migrations against the database at `url`.
+    pub fn new_with_url(url: &str) -> Project {
+        let p = Project::empty(url);
         copy_dir(&repo_root().join("migrations"), &p.migrations());
         p
     }

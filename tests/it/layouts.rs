@@ -108,6 +108,57 @@ async fn a_diesel_folder_with_dashed_versions_spaces_and_metadata_toml() {
     );
     let r = p.ok(&["rollback-test", "--rows", "20"]);
     assert!(r.stdout.contains("result: PASS"), "{r}");
+
+    // diesel 2.x names folders with a `-0000` after the time; they follow the older ones.
+    write(
+        &p,
+        "2026-06-26-100902-0000_add_tags/up.sql",
+        "CREATE TABLE tags (id SERIAL PRIMARY KEY, user_id INT NOT NULL REFERENCES users, tag TEXT NOT NULL);\n",
+    );
+    write(
+        &p,
+        "2026-06-26-100902-0000_add_tags/down.sql",
+        "DROP TABLE tags;\n",
+    );
+    write(
+        &p,
+        "2026-07-01-080000-0000_tag_color/up.sql",
+        "ALTER TABLE tags ADD COLUMN color TEXT NOT NULL DEFAULT 'blue';\n",
+    );
+    write(
+        &p,
+        "2026-07-01-080000-0000_tag_color/down.sql",
+        "ALTER TABLE tags DROP COLUMN color;\n",
+    );
+    let history = p.ok(&["history"]).stdout;
+    let order: Vec<&str> = history
+        .lines()
+        .map(|l| l.split("  ").next().unwrap())
+        .collect();
+    assert_eq!(
+        order[order.len() - 3..],
+        [
+            "2019-03-02-000000_index_email",
+            "2026-06-26-100902-0000_add_tags",
+            "2026-07-01-080000-0000_tag_color"
+        ],
+        "{history}"
+    );
+    p.ok(&["upgrade"]);
+    assert_eq!(current(&p), "2026-07-01-080000-0000_tag_color (head)");
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO tags (user_id, tag, color) SELECT id, 't' || id, 'red' FROM users",
+        )
+        .await
+        .unwrap();
+    p.ok(&["downgrade", "2019-03-02-000000_index_email"]);
+    p.ok(&["upgrade", "--restore"]);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM tags WHERE color = 'red'").await,
+        50
+    );
 }
 
 #[tokio::test]

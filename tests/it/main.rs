@@ -18,3 +18,4 @@ mod schema;
 mod serve;
 mod shapes;
 mod tls;
+mod versions;

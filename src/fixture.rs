@@ -16,6 +16,8 @@ use anyhow::Context;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+mod constraints;
+
 use crate::pg::catalog::all_user_tables;
 use crate::pg::{qualified, quote_ident, quote_literal, PgContext, PgError};
 
@@ -30,6 +32,8 @@ struct Column {
     has_default: bool,
     /// The parent table (quoted and qualified) and column of a single-column foreign key.
     references: Option<(String, String)>,
+    /// The CHECKs on this column alone and on its domain, as PostgreSQL prints them.
+    checks: Vec<String>,
 }
 
 /// A table the data check covers, and how its rows came to be.
@@ -202,7 +206,7 @@ async fn plan_values(
     let mut out = Vec::new();
     for c in columns.iter().filter(|c| !c.automatic) {
         let mut chosen = None;
-        for candidate in candidates(c) {
+        for candidate in candidates(c, rows) {
             if accepts(client, &candidate, rows).await? {
                 chosen = Some(candidate);
                 break;
@@ -366,7 +370,18 @@ async fn columns(client: &Client, oid: u32) -> anyhow::Result<Vec<Column>> {
                     t.typcategory::text, NOT a.attnotnull,
                     a.attidentity <> '' OR a.attgenerated <> ''
                       OR coalesce(pg_catalog.pg_get_expr(d.adbin, d.adrelid), '') LIKE 'nextval(%',
-                    d.adbin IS NOT NULL
+                    d.adbin IS NOT NULL,
+                    ARRAY(SELECT pg_catalog.pg_get_constraintdef(con.oid) FROM pg_catalog.pg_constraint con
+                          WHERE con.contype = 'c' AND con.conrelid = a.attrelid AND con.conkey = ARRAY[a.attnum]
+                          UNION ALL
+                          SELECT pg_catalog.pg_get_constraintdef(con.oid) FROM pg_catalog.pg_constraint con
+                          WHERE con.contype = 'c' AND con.contypid IN (
+                              WITH RECURSIVE domains(oid) AS (
+                                  SELECT a.atttypid
+                                  UNION ALL
+                                  SELECT bt.typbasetype FROM pg_catalog.pg_type bt JOIN domains ON bt.oid = domains.oid
+                                  WHERE bt.typtype = 'd')
+                              SELECT oid FROM domains))
              FROM pg_catalog.pg_attribute a
              JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
              LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
@@ -386,13 +401,14 @@ async fn columns(client: &Client, oid: u32) -> anyhow::Result<Vec<Column>> {
             nullable: r.get(5),
             automatic: r.get(6),
             has_default: r.get(7),
+            checks: r.get(8),
         })
         .collect())
 }
 
 /// SQL expressions over `g` (1..N) for one column, best first: the value for its type, then
 /// what a type backstop does not know may accept (text, a number); empty when none fits.
-fn candidates(c: &Column) -> Vec<String> {
+fn candidates(c: &Column, rows: u64) -> Vec<String> {
     if let Some((parent, column)) = &c.references {
         let col = quote_ident(column);
         return vec![format!(
@@ -437,8 +453,15 @@ fn candidates(c: &Column) -> Vec<String> {
         "(repeat(chr(97 + (g % 26)::int), 1 + (g / 26)::int))".to_string(),
         "g".to_string(),
     ];
-    typed
+    // Values its CHECKs (and its domain's) accept come first: values made for them, then
+    // the value for its type cut to the lengths and case they ask for.
+    let fitted = typed
+        .as_deref()
+        .and_then(|t| constraints::shaped(&c.checks, t));
+    constraints::candidates(&c.checks, rows)
         .into_iter()
+        .chain(fitted)
+        .chain(typed)
         .chain(fallbacks)
         .map(|v| format!("({v})::{}", c.sql_type))
         .collect()

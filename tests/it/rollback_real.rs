@@ -179,7 +179,7 @@ async fn tables_it_cannot_fill_are_skipped_with_the_reason_and_the_rest_still_ch
         "004_odd",
         // A domain no generated value meets, and a chain whose first row needs a row
         // before it.
-        "CREATE DOMAIN isbn AS text CHECK (VALUE ~ '^97[89]-[0-9]{10}$');\n\
+        "CREATE DOMAIN isbn AS text CHECK (VALUE ~ '^97[89]-[0-9]{10}$' AND right(VALUE, 1) = 'X');\n\
          CREATE TABLE books (isbn isbn PRIMARY KEY, title text NOT NULL);\n\
          CREATE TABLE pairs (a bigint, b bigint, PRIMARY KEY (a, b));\n\
          CREATE TABLE chain (id int PRIMARY KEY, previous int NOT NULL REFERENCES chain (id));\n",
@@ -226,6 +226,59 @@ async fn tables_it_cannot_fill_are_skipped_with_the_reason_and_the_rest_still_ch
     let r = p.ok(&["rollback-test", "--rows", "50"]);
     assert!(r.stdout.contains("left out of the data check:"), "{r}");
     assert!(r.stdout.contains("  books: "), "{r}");
+}
+
+#[tokio::test]
+async fn rows_are_made_to_satisfy_regular_expressions_in_lists_ranges_and_lengths() {
+    let db = TestDb::new().await;
+    let p = Project::empty(&db.url);
+    p.add_migration(
+        "001_accounts",
+        "CREATE EXTENSION IF NOT EXISTS citext;
+         CREATE DOMAIN email AS citext CHECK (VALUE ~ '^[^@\\s]+@[^@\\s]+$');
+         CREATE DOMAIN locale AS text CHECK (VALUE ~ '^[a-z]{2}(-[A-Z]{2})?$');
+         CREATE TABLE accounts (
+             id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+             email email NOT NULL UNIQUE,
+             slug text NOT NULL UNIQUE CHECK (slug ~ '^[a-z0-9]+(-[a-z0-9]+)*$') CHECK (length(slug) BETWEEN 3 AND 40),
+             locale locale NOT NULL DEFAULT 'en',
+             phone text CHECK (phone ~ '^\\+[1-9][0-9]{7,14}$'),
+             plan text NOT NULL CHECK (plan IN ('free', 'pro', 'team')),
+             seats int NOT NULL CHECK (seats BETWEEN 1 AND 500),
+             rating numeric CHECK (rating >= 0 AND rating <= 5),
+             handle text NOT NULL CHECK (lower(handle) = handle AND length(handle) <= 30)
+         );
+         CREATE TABLE invitations (
+             id serial PRIMARY KEY,
+             account_id bigint NOT NULL REFERENCES accounts ON DELETE CASCADE,
+             invitee email NOT NULL,
+             role text NOT NULL CHECK (role IN ('owner', 'member', 'viewer'))
+         );",
+        "DROP TABLE invitations; DROP TABLE accounts; DROP DOMAIN locale; DROP DOMAIN email;",
+    );
+    let (code, v) = p.json(&["rollback-test", "--rows", "200"]);
+    assert_eq!(code, 0, "{v:#}");
+    assert!(v["data_skipped"].as_array().unwrap().is_empty(), "{v:#}");
+    let checked: Vec<(String, i64)> = v["data_checked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["table"].as_str().unwrap().to_string(),
+                t["rows"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        checked,
+        [
+            ("accounts".to_string(), 200),
+            ("invitations".to_string(), 200)
+        ],
+        "{v:#}"
+    );
+    assert_eq!(criterion(&v, "data restored")["outcome"], "pass", "{v:#}");
 }
 
 #[tokio::test]

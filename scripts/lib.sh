@@ -50,18 +50,25 @@ ensure_postgres() {
       PG_URL="postgres://postgres@127.0.0.1:5432/postgres"; export PG_URL; return
     fi
   fi
-  local data="$TMP/pg" port=55432
+  local port=55432
   if ! "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port"; then
-    log "starting a private PostgreSQL cluster in $data on port $port (trust auth, loopback only)"
-    if [ ! -f "$data/PG_VERSION" ]; then
-      rm -rf "$data"; mkdir -p "$data"
-      [ "$(id -u)" -eq 0 ] && chown postgres "$data" "$TMP"
-      pg_as_owner "$bindir/initdb" -D "$data" -A trust -U postgres >/dev/null
-    fi
-    pg_as_owner "$bindir/pg_ctl" -D "$data" -l "$data/log" -w \
-      -o "-p $port -k /tmp -c listen_addresses=127.0.0.1" start >&2
+    log "starting a private PostgreSQL cluster in $TMP/pg on port $port (trust auth, loopback only)"
+    start_cluster "$bindir" "$TMP/pg" "$port"
   fi
   PG_URL="postgres://postgres@127.0.0.1:$port/postgres"; export PG_URL
+}
+
+# Starts a trust-auth cluster of the server binaries in BINDIR with its data in DATA
+# (made by initdb the first time) on loopback PORT, as the owner PostgreSQL insists on.
+start_cluster() {
+  local bindir="$1" data="$2" port="$3"
+  if [ ! -f "$data/PG_VERSION" ]; then
+    rm -rf "$data"; mkdir -p "$data"
+    [ "$(id -u)" -eq 0 ] && chown postgres "$data" "$TMP"
+    pg_as_owner "$bindir/initdb" -D "$data" -A trust -U postgres >/dev/null
+  fi
+  pg_as_owner "$bindir/pg_ctl" -D "$data" -l "$data/log" -w \
+    -o "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200" start >&2
 }
 
 # The PostgreSQL releases tested besides the machine's own, as npm's
@@ -90,13 +97,7 @@ ensure_pg_major() {
   fi
   if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     log "starting PostgreSQL $major on 127.0.0.1:$port"
-    if [ ! -f "$data/PG_VERSION" ]; then
-      rm -rf "$data"; mkdir -p "$data"
-      [ "$(id -u)" -eq 0 ] && chown postgres "$data" "$TMP"
-      pg_as_owner "$native/bin/initdb" -D "$data" -A trust -U postgres >/dev/null
-    fi
-    pg_as_owner "$native/bin/pg_ctl" -D "$data" -l "$data/log" -w \
-      -o "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200" start >&2
+    start_cluster "$native/bin" "$data" "$port"
   fi
   printf 'postgres://postgres@127.0.0.1:%s/postgres\n' "$port"
 }

@@ -490,20 +490,7 @@ async fn procedure(
         Outcome::Pass,
         format!("upgraded to {}", engine.status().await?.current_label()),
     );
-    let again = snap().await?;
-    if list.compare("re-applied head vs first head", &head, &again) {
-        list.set(
-            "schema identical",
-            Outcome::Pass,
-            "tables, columns, indexes, constraints and sequences identical",
-        );
-    } else {
-        list.set(
-            "schema identical",
-            Outcome::Fail,
-            "the re-applied schema differs from the first (see differences)",
-        );
-    }
+    schema_identical(&mut list, &head, &snap().await?);
     if let Some((tables, want)) = before_data {
         let client = scratch.connect().await?;
         let got = fingerprint(&client, &list.filled.filled).await?;
@@ -577,4 +564,21 @@ fn data_restored(
         Outcome::Fail,
         format!("rows differ in {}{skipped}", names.join(", ")),
     );
+}
+
+/// "schema identical": the re-applied head against the first.
+fn schema_identical(list: &mut Checklist, head: &Snapshot, again: &Snapshot) {
+    if list.compare("re-applied head vs first head", head, again) {
+        list.set(
+            "schema identical",
+            Outcome::Pass,
+            "tables, columns, indexes, constraints and sequences identical",
+        );
+    } else {
+        list.set(
+            "schema identical",
+            Outcome::Fail,
+            "the re-applied schema differs from the first (see differences)",
+        );
+    }
 }

@@ -193,32 +193,26 @@ pub async fn restore_tables(
             sequences,
         });
     }
-    for t in &merge {
-        let (rows, added) = via_temp_table(tx, store, t, ctx, Finish::InsertMissing).await?;
+    let merges = merge.iter().map(|t| (t, Finish::InsertMissing));
+    for (t, finish) in merges.chain(seeded.iter().map(|t| (t, Finish::AfterSeed))) {
+        let (rows, added) = via_temp_table(tx, store, t, ctx, finish).await?;
         report.push(TableRestored {
             table: manifest.label(t.entry),
             rows: added,
             indexes_rebuilt: Vec::new(),
             sequences: advance_sequences(tx, t).await?,
         });
-        tracing::info!(
-            "{}: {added} of {rows} backed-up row(s) were missing and were put back",
-            manifest.label(t.entry)
-        );
-    }
-    for t in &seeded {
-        let (rows, added) = via_temp_table(tx, store, t, ctx, Finish::AfterSeed).await?;
-        report.push(TableRestored {
-            table: manifest.label(t.entry),
-            rows: added,
-            indexes_rebuilt: Vec::new(),
-            sequences: advance_sequences(tx, t).await?,
-        });
-        tracing::info!(
-            "{}: the up steps seeded {} row(s) identical to the backup's; the other {added} were put back",
-            manifest.label(t.entry),
-            rows - added
-        );
+        match finish {
+            Finish::AfterSeed => tracing::info!(
+                "{}: the up steps seeded {} row(s) identical to the backup's; the other {added} were put back",
+                manifest.label(t.entry),
+                rows - added
+            ),
+            _ => tracing::info!(
+                "{}: {added} of {rows} backed-up row(s) were missing and were put back",
+                manifest.label(t.entry)
+            ),
+        }
     }
     Ok(LoadedTables {
         tables: report,

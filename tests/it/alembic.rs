@@ -386,25 +386,16 @@ async fn what_alembic_cannot_render_offline_is_refused_before_anything_runs() {
     assert!(r.stdout.contains("9e0d51c2aa10"), "{r}");
 }
 
-/// Tables of schema public, from a test that is not async.
+/// Tables of schema public other than bookkeeping, from a closure that is not async.
 fn tables_sync(db: &TestDb) -> Vec<String> {
     let url = db.url.clone();
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let c = connect(&url).await;
-                tables(&c)
-                    .await
-                    .into_iter()
-                    .filter(|t| !t.starts_with("backstop_") && t != "alembic_version")
-                    .collect()
-            })
+    block_on(async move {
+        tables(&connect(&url).await)
+            .await
+            .into_iter()
+            .filter(|t| !t.starts_with("backstop_") && t != "alembic_version")
+            .collect()
     })
-    .join()
-    .unwrap()
 }
 
 /// Rows a generator could never make: a slug that must match a regular expression, and a

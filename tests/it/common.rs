@@ -50,19 +50,33 @@ pub fn unique(prefix: &str) -> String {
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    /// The server's maintenance URL, which created it and drops it.
+    admin: String,
 }
 
 impl TestDb {
     pub async fn new() -> TestDb {
+        TestDb::on(&admin_url()).await
+    }
+
+    /// A database on the server of `admin` (another PostgreSQL version).
+    pub async fn on(admin: &str) -> TestDb {
         let name = unique("bst");
-        let admin = connect(&admin_url()).await;
-        admin
+        connect(admin)
+            .await
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .await
             .unwrap();
+        let root = admin.split('?').next().unwrap().rsplit_once('/').unwrap().0;
+        let url = if admin == admin_url() {
+            url_for(&name)
+        } else {
+            format!("{root}/{name}")
+        };
         TestDb {
-            url: url_for(&name),
+            url,
             name,
+            admin: admin.to_string(),
         }
     }
 
@@ -73,24 +87,32 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs outside async context: use a runtime of our own on another thread.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok((c, conn)) = tokio_postgres::connect(&admin_url(), NoTls).await {
-                    tokio::spawn(conn);
-                    let _ = c
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                        .await;
-                }
-            })
-        })
-        .join();
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        block_on(async move {
+            if let Ok((c, conn)) = tokio_postgres::connect(&admin, NoTls).await {
+                tokio::spawn(conn);
+                let _ = c
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .await;
+            }
+        });
     }
+}
+
+/// Runs `work` to its end on a runtime of its own, on another thread: for code outside an
+/// async context (Drop) or beside a test's own runtime.
+pub fn block_on<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work)
+    })
+    .join()
+    .unwrap()
 }
 
 /// A working directory with a `backstop.toml` and a `migrations/` folder.

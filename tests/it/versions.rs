@@ -4,8 +4,6 @@
 //! matches another (PostgreSQL 18 records NOT NULL as constraints; older ones do not), and
 //! the seed's `rollback-test` passes everywhere against the repository's `schema.json`.
 
-use tokio_postgres::NoTls;
-
 use crate::common::*;
 
 /// Every server to test on, the machine's first.
@@ -19,63 +17,6 @@ fn servers() -> Vec<String> {
         );
     }
     all
-}
-
-/// A database on the server of `admin`, dropped at the end.
-struct Scratch {
-    admin: String,
-    name: String,
-}
-
-impl Scratch {
-    async fn new(admin: &str) -> (Scratch, String, String) {
-        let (c, conn) = tokio_postgres::connect(admin, NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("{admin}: {e}"));
-        tokio::spawn(conn);
-        let version: String = c
-            .query_one("SHOW server_version", &[])
-            .await
-            .unwrap()
-            .get(0);
-        let name = unique("bstv");
-        c.batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .unwrap();
-        let root = admin.rsplit_once('/').unwrap().0;
-        let url = format!("{root}/{name}");
-        (
-            Scratch {
-                admin: admin.to_string(),
-                name,
-            },
-            url,
-            version,
-        )
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async {
-                    if let Ok((c, conn)) = tokio_postgres::connect(&admin, NoTls).await {
-                        tokio::spawn(conn);
-                        let _ = c
-                            .batch_execute(&format!(
-                                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                            ))
-                            .await;
-                    }
-                })
-        })
-        .join();
-    }
 }
 
 /// A schema with what versions record differently: NOT NULL everywhere, identity and
@@ -122,8 +63,15 @@ async fn snapshots_are_the_same_on_every_version_and_the_seed_passes_on_each() {
     let mut snapshots: Vec<(String, std::path::PathBuf)> = Vec::new();
     let keep = tempfile::tempdir().unwrap();
     for server in &servers {
-        let (_guard, url, version) = Scratch::new(server).await;
-        let p = Project::new_with_url(&url);
+        let db = TestDb::on(server).await;
+        let version: String = db
+            .client()
+            .await
+            .query_one("SHOW server_version", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let p = Project::new_with_url(&db.url);
         // The seed alone, against the schema.json in the repository (written on 15).
         let r = p.run(&["rollback-test", "--rows", "100"]);
         assert_eq!(r.code, 0, "PostgreSQL {version}: {r}");

@@ -341,20 +341,7 @@ pub(super) async fn procedure(
             engine.status().await?.current_label()
         ),
     );
-    let again = snap().await?;
-    if list.compare("re-applied head vs first head", &head, &again) {
-        list.set(
-            "schema identical",
-            Outcome::Pass,
-            "tables, columns, indexes, constraints and sequences identical",
-        );
-    } else {
-        list.set(
-            "schema identical",
-            Outcome::Fail,
-            "the re-applied schema differs from the first (see differences)",
-        );
-    }
+    super::schema_identical(&mut list, &head, &snap().await?);
     let client = scratch.connect().await?;
     let checked = existing(&client, &tables).await?;
     let got = fingerprint(&client, &checked).await?;

@@ -102,6 +102,19 @@ ensure_pg_major() {
   printf 'postgres://postgres@127.0.0.1:%s/postgres\n' "$port"
 }
 
+# dbmate (npm's dbmate package, a release binary) in .tmp/dbmate, for the tests that check
+# backstop and dbmate agree on a database; exports BACKSTOP_TEST_DBMATE.
+ensure_dbmate() {
+  local dir="$ROOT/.tmp/dbmate"
+  if [ ! -x "$dir/node_modules/.bin/dbmate" ]; then
+    log "installing dbmate 2.36.0 (npm) into $dir"
+    command -v npm >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >&2
+    mkdir -p "$dir"
+    (cd "$dir" && npm install --no-save --silent --no-audit --no-fund dbmate@2.36.0 >&2)
+  fi
+  BACKSTOP_TEST_DBMATE="$dir/node_modules/.bin/dbmate"; export BACKSTOP_TEST_DBMATE
+}
+
 # Builds the release binary once; both scripts use it.
 build_release() {
   log "building backstop (release)"

@@ -205,6 +205,14 @@ async fn plan_values(
 ) -> anyhow::Result<Result<Vec<(String, Value, bool)>, String>> {
     let mut out = Vec::new();
     for c in columns.iter().filter(|c| !c.automatic) {
+        if let (Some((parent, _)), false) = (&c.references, c.nullable) {
+            if count(client, parent).await? == 0 {
+                return Ok(Err(format!(
+                    "its NOT NULL column {} references {parent}, which has no rows (it was left out of the data check); a nullable foreign key would have been filled with NULL",
+                    c.name
+                )));
+            }
+        }
         let mut chosen = None;
         for candidate in candidates(c, rows) {
             if accepts(client, &candidate, rows).await? {

@@ -169,6 +169,9 @@ fn render(report: &MigrateReport) -> String {
             "nothing to do: {} is at {}\n",
             report.database, report.current
         ));
+        for n in &report.notes {
+            s.push_str(&format!("note: {n}\n"));
+        }
         return s;
     }
     if report.dry_run {

@@ -399,7 +399,27 @@ pub fn survey(dir: &Path, setting: LayoutSetting) -> std::io::Result<Survey> {
             checksum: None,
         });
     }
+    if layout == Layout::Diesel {
+        for c in &mut s.candidates {
+            c.number = diesel_order(&c.revision).unwrap_or(c.number);
+        }
+    }
     Ok(s)
+}
+
+/// diesel runs migrations in the order of their versions as text, dashes taken out
+/// (`2019-02-26-002946` → `20190226002946`, diesel 2.x's `…-0000` adding four digits): the
+/// digits padded to 19 places order as that text does, so plain and dashed names interleave
+/// by date as diesel interleaves them.
+fn diesel_order(revision: &str) -> Option<u64> {
+    let digits = super::tool::Tool::Diesel.version_of(revision);
+    if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(10u64.pow(19 - digits.len() as u32))
 }
 
 fn family_noun(f: Family) -> &'static str {
@@ -525,54 +545,4 @@ pub fn section(text: &str, marker: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_of_every_layout() {
-        assert_eq!(version_number("001"), Some(1));
-        assert_eq!(
-            version_number("2019-02-26-002946"),
-            Some(201902260029460000)
-        );
-        assert_eq!(
-            version_number("2026-06-26-100902-0000"),
-            Some(202606261009020000)
-        );
-        assert_eq!(version_number("2026-06-26-100902-00"), None);
-        assert_eq!(version_number("2026-06-26-100902-0000-1"), None);
-        assert!(version_number("2019-02-26-002946") < version_number("2026-06-26-100902-0000"));
-        assert!(version_number("20190226002946") < version_number("2019-02-26-002946"));
-        assert_eq!(version_number("20190226002946"), Some(20190226002946));
-        assert_eq!(version_number("2019-02-26"), None);
-        assert_eq!(version_number("V1"), None);
-        assert_eq!(
-            revision_number("2019-02-26-002946_create user"),
-            Some(201902260029460000)
-        );
-        assert_eq!(
-            revision_number("2026-06-26-100902-0000_add_x"),
-            Some(202606261009020000)
-        );
-        assert_eq!(revision_number("000001_init"), Some(1));
-        assert_eq!(revision_number("V1__init"), None);
-        assert_eq!(revision_number("001_"), None);
-    }
-
-    #[test]
-    fn dbmate_sections_keep_their_line_numbers() {
-        let text = "-- migrate:up\ncreate table a (id int);\n\n-- migrate:down transaction:false\ndrop table a;\n";
-        let up = section(text, "-- migrate:up");
-        let down = section(text, "-- migrate:down");
-        assert_eq!(up.lines().nth(1), Some("create table a (id int);"));
-        assert!(!up.contains("drop"));
-        assert_eq!(down.lines().nth(4), Some("drop table a;"));
-        assert!(!down.contains("create"));
-    }
-
-    #[test]
-    fn long_lists_are_cut() {
-        let names: Vec<String> = (0..8).map(|i| format!("f{i}")).collect();
-        assert_eq!(list(&names), "f0, f1, f2, f3, f4 and 3 more");
-    }
-}
+mod tests;

@@ -15,9 +15,11 @@ pub mod source;
 pub mod status;
 pub mod step;
 pub mod target;
+pub mod tool;
 
 pub use plan::{plan, Direction, Plan, PlannedStep};
 pub use source::{AlembicProject, LoadOptions, Migration, MigrationSet};
 pub use status::{Entry, EntryState, Status};
 pub use step::{StepReport, StepRunner};
 pub use target::{DownTarget, Target, UpTarget};
+pub use tool::{Tool, ToolChoice};

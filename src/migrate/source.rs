@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use super::alembic;
 use super::layout::{list, section, survey, Candidate, Layout, Source};
 use super::lexer::{strip_wrapper, transaction_control, TransactionControl};
+use super::tool::{pairs_tool_of_project, Tool, ToolChoice};
 use crate::config::LayoutSetting;
 use crate::error::usage;
 
@@ -62,6 +63,8 @@ pub struct MigrationSet {
     /// Set when the migrations are an Alembic project's: its `alembic_version` is kept in
     /// step and read as the current revision.
     pub alembic: Option<AlembicProject>,
+    /// The tool whose own bookkeeping table is kept in step with the ledger.
+    pub tool: ToolChoice,
 }
 
 /// What backstop keeps of an Alembic project beyond its scripts.
@@ -204,10 +207,23 @@ impl MigrationSet {
                 list(&survey.strays)
             );
         }
+        let tool = match (survey.layout, setting) {
+            (Some(Layout::Diesel), _) => ToolChoice::Known(Tool::Diesel),
+            (Some(Layout::Dbmate), _) => ToolChoice::Known(Tool::Dbmate),
+            (Some(Layout::GolangMigrate), LayoutSetting::Sqlx) => ToolChoice::Known(Tool::Sqlx),
+            (Some(Layout::GolangMigrate), LayoutSetting::GolangMigrate) => {
+                ToolChoice::Known(Tool::GolangMigrate)
+            }
+            (Some(Layout::GolangMigrate), _) => {
+                pairs_tool_of_project(dir).map_or(ToolChoice::Pairs, ToolChoice::Known)
+            }
+            _ => ToolChoice::Own,
+        };
         Ok(MigrationSet {
             dir: dir.to_path_buf(),
             migrations,
             alembic: None,
+            tool,
         })
     }
 
@@ -295,6 +311,7 @@ impl MigrationSet {
                 version_table_ddl: rendered.version_table_ddl,
                 render_time: rendered.took,
             }),
+            tool: ToolChoice::Own,
         })
     }
 
@@ -335,6 +352,7 @@ impl MigrationSet {
                 })
                 .collect(),
             alembic: None,
+            tool: ToolChoice::Own,
         }
     }
 }

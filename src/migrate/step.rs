@@ -11,7 +11,9 @@ use tokio_postgres::{Client, GenericClient};
 use super::lexer::split;
 use super::plan::{Direction, PlannedStep};
 use crate::error::{err, Kind};
+use crate::ledger::tool::ToolTable;
 use crate::ledger::Ledger;
+use crate::migrate::MigrationSet;
 use crate::pg::session::TransactionGuard;
 use crate::pg::{PgContext, PgError};
 
@@ -31,6 +33,10 @@ pub struct StepRunner<'a> {
     /// The steps are an Alembic project's: each must move `alembic_version` as it moves
     /// the ledger, or `alembic current` and `backstop current` would disagree.
     pub alembic: bool,
+    /// The migration tool's own table, recorded in the same transaction as the ledger.
+    pub tool: Option<ToolTable>,
+    /// The migrations the steps come from (the tool's table records versions of them).
+    pub set: &'a MigrationSet,
 }
 
 impl StepRunner<'_> {
@@ -90,10 +96,15 @@ impl StepRunner<'_> {
             Direction::Up => {
                 self.ledger
                     .record_applied(tx, &step.revision, &step.checksum, took)
-                    .await
+                    .await?
             }
-            Direction::Down => self.ledger.record_reverted(tx, &step.revision).await,
+            Direction::Down => self.ledger.record_reverted(tx, &step.revision).await?,
         }
+        if let Some(tool) = &self.tool {
+            tool.record(tx, self.set, direction, &step.revision, took)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Runs a step and its bookkeeping inside the caller's transaction.

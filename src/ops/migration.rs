@@ -10,6 +10,7 @@ use tokio_postgres::{Client, GenericClient};
 
 use crate::config::{BackupConfig, DatabaseConfig};
 use crate::error::refused;
+use crate::ledger::tool::ToolTable;
 use crate::ledger::{AppliedRow, Ledger};
 use crate::migrate::{plan, Direction, MigrationSet, Plan, Status, StepReport, StepRunner, Target};
 use crate::pg::catalog::{alembic_schema, existing_relations, require_schema};
@@ -27,6 +28,8 @@ pub struct Migrator {
     /// Where pre-downgrade backups go and `--restore` reads from.
     pub store: Option<Arc<Store>>,
     pub backup: BackupConfig,
+    /// The migration tool's table kept in step, once looked up.
+    tool: std::sync::OnceLock<Option<ToolTable>>,
 }
 
 /// What a protected downgrade found and saved.
@@ -90,6 +93,7 @@ impl Migrator {
             set,
             store: None,
             backup: BackupConfig::default(),
+            tool: std::sync::OnceLock::new(),
         }
     }
 
@@ -104,12 +108,28 @@ impl Migrator {
         Ledger::new(&self.settings.schema)
     }
 
-    pub(crate) fn runner<'a>(&self, ledger: &'a Ledger) -> StepRunner<'a> {
+    /// Runs steps with their bookkeeping: the ledger, and the tool's table when
+    /// [`prepare`](Self::prepare) found one to keep.
+    pub(crate) fn runner<'a>(&'a self, ledger: &'a Ledger) -> StepRunner<'a> {
         StepRunner {
             ledger,
             lock_timeout_secs: self.settings.lock_timeout_secs,
             alembic: self.set.alembic.is_some(),
+            tool: self.tool.get().cloned().flatten(),
+            set: &self.set,
         }
+    }
+
+    /// The migration tool's table this set keeps in step (see [`crate::migrate::tool`]).
+    pub(crate) async fn tool_table(
+        &self,
+        client: &impl GenericClient,
+    ) -> anyhow::Result<Option<ToolTable>> {
+        if let Some(t) = self.tool.get() {
+            return Ok(t.clone());
+        }
+        let t = ToolTable::resolve(self.set.tool, &self.settings.schema, client).await?;
+        Ok(self.tool.get_or_init(|| t).clone())
     }
 
     /// The store pre-downgrade backups go to; refused when none is configured.
@@ -144,61 +164,122 @@ impl Migrator {
     }
 
     /// The applied revisions. For an Alembic project, `alembic_version` decides which (so
-    /// `backstop current` is `alembic current`, whoever ran the last step), and the ledger
-    /// adds when each ran and its checksum; revisions Alembic applied alone count with the
-    /// checksum of their file as it is.
+    /// `backstop current` is `alembic current`, whoever ran the last step); for a layout
+    /// whose tool keeps a table of its own, that table decides. The ledger adds when each
+    /// ran and its checksum; revisions the tool applied alone count with the checksum of
+    /// their file as it is.
     async fn applied(
         &self,
         client: &impl GenericClient,
     ) -> anyhow::Result<Option<Vec<AppliedRow>>> {
         let ledger = self.ledger();
         let recorded = ledger.applied(client).await?;
-        let Some(project) = &self.set.alembic else {
-            return Ok(recorded);
-        };
-        let Some(heads) = ledger.alembic_heads(client).await? else {
-            return Ok(recorded.map(|_| Vec::new()));
+        let (tool_rows, by) = if let Some(project) = &self.set.alembic {
+            let Some(heads) = ledger.alembic_heads(client).await? else {
+                return Ok(recorded.map(|_| Vec::new()));
+            };
+            let rows = project
+                .with_ancestors(&heads)
+                .into_iter()
+                .map(|revision| (revision, false))
+                .collect::<Vec<_>>();
+            (rows, "Alembic".to_string())
+        } else {
+            let Some(tool) = self.tool_table(client).await? else {
+                return Ok(recorded);
+            };
+            let Some(rows) = tool.applied(client, &self.set).await? else {
+                return Ok(recorded);
+            };
+            let ours = recorded.as_deref().unwrap_or_default();
+            if rows.is_empty() && !ours.is_empty() {
+                return refused(format!(
+                    "{} records no migration, but backstop_migrations records {} (up to {}); if {} reverted them, record that with `backstop stamp base`; if the table was only created, record where the database is with `backstop stamp {}`; nothing was changed",
+                    tool.describe(),
+                    ours.len(),
+                    self.highest(ours),
+                    tool.tool.name(),
+                    self.highest(ours),
+                ));
+            }
+            let rows = rows.into_iter().map(|r| (r.revision, r.modified)).collect();
+            (rows, tool.tool.name().to_string())
         };
         let rows = recorded.unwrap_or_default();
-        let mut applied: Vec<AppliedRow> = project
-            .with_ancestors(&heads)
+        let mut applied: Vec<AppliedRow> = tool_rows
             .into_iter()
-            .map(
-                |revision| match rows.iter().find(|r| r.revision == revision) {
+            .map(|(revision, modified)| {
+                match rows.iter().find(|r| r.revision == revision && !modified) {
                     Some(row) => row.clone(),
                     None => AppliedRow {
-                        checksum: self
-                            .set
-                            .get(&revision)
-                            .map(|m| m.checksum.clone())
-                            .unwrap_or_default(),
+                        checksum: match self.set.get(&revision) {
+                            Some(_) if modified => format!("(changed since {by} applied it)"),
+                            Some(m) => m.checksum.clone(),
+                            None => String::new(),
+                        },
                         revision,
-                        applied_at: "(by Alembic)".into(),
+                        applied_at: format!("(by {by})"),
                         duration_ms: 0,
                     },
-                },
-            )
+                }
+            })
             .collect();
         applied.sort_by(|a, b| a.revision.cmp(&b.revision));
         Ok(Some(applied))
     }
 
-    /// Brings the ledger in step with `alembic_version` (a database Alembic migrated, or
-    /// steps Alembic ran since), so every later step records against the truth.
-    async fn follow_alembic(
+    /// The latest of `rows` in the set's order, for messages.
+    fn highest(&self, rows: &[AppliedRow]) -> String {
+        rows.iter()
+            .max_by_key(|r| self.set.position(&r.revision))
+            .map(|r| r.revision.clone())
+            .unwrap_or_default()
+    }
+
+    /// Brings the bookkeeping in step before any step runs, so every step records against
+    /// the truth: the ledger follows `alembic_version` or the tool's table (a database the
+    /// tool migrated, or steps it ran since), and a tool table that is missing is created
+    /// with what the ledger records (so migrations that refer to it find it, as they would
+    /// under the tool).
+    async fn keep_in_step(
         &self,
         client: &Client,
         status: &Status,
     ) -> anyhow::Result<Option<String>> {
-        if self.set.alembic.is_none() {
-            return Ok(None);
-        }
-        let ledger = self.ledger();
-        let recorded = ledger.applied(client).await?.unwrap_or_default();
+        let tool = match &self.set.alembic {
+            Some(_) => None,
+            None => match self.tool_table(client).await? {
+                Some(tool) => Some(tool),
+                None if self.set.tool == crate::migrate::ToolChoice::Pairs => {
+                    return Ok(Some(
+                        "these .up.sql/.down.sql files may be golang-migrate's or sqlx's and the database has neither's table, so only backstop_migrations records the steps; set [migrations] layout = \"sqlx\" or \"golang-migrate\" to keep that tool's table in step too".into(),
+                    ))
+                }
+                None => return Ok(None),
+            },
+        };
         let applied: Vec<(&str, &str)> = status
             .applied()
             .filter_map(|e| Some((e.revision.as_str(), e.recorded_checksum.as_deref()?)))
             .collect();
+        if let Some(tool) = &tool {
+            if !tool.exists(client).await? {
+                let migrations: Vec<&crate::migrate::Migration> = applied
+                    .iter()
+                    .filter_map(|(r, _)| self.set.get(r))
+                    .collect();
+                tool.stamp(client, &migrations).await?;
+                return Ok((!migrations.is_empty()).then(|| {
+                    format!(
+                        "created {} from backstop_migrations: it records the {} migration(s) applied",
+                        tool.describe(),
+                        migrations.len()
+                    )
+                }));
+            }
+        }
+        let ledger = self.ledger();
+        let recorded = ledger.applied(client).await?.unwrap_or_default();
         let same = recorded.len() == applied.len()
             && applied
                 .iter()
@@ -209,8 +290,11 @@ impl Migrator {
         ledger.ensure(client).await?;
         ledger.stamp(client, &applied).await?;
         Ok(Some(format!(
-            "recorded from alembic_version: the database is at {} as Alembic left it",
-            status.current.as_deref().unwrap_or("(none)")
+            "recorded from {}: the database is at {} as {} left it",
+            tool.as_ref()
+                .map_or("alembic_version".to_string(), |t| t.describe()),
+            status.current.as_deref().unwrap_or("(none)"),
+            tool.as_ref().map_or("Alembic", |t| t.tool.name())
         )))
     }
 
@@ -243,7 +327,7 @@ impl Migrator {
         let adopted = if dry_run {
             None
         } else {
-            self.follow_alembic(client, &status).await?
+            self.keep_in_step(client, &status).await?
         };
         let plan = plan(&self.set, &status, target)?;
         if plan.direction == Direction::Up && status.current.is_none() && !plan.steps.is_empty() {

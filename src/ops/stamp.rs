@@ -28,14 +28,26 @@ pub async fn stamp(m: &Migrator, target: &str) -> anyhow::Result<StampReport> {
     m.locked(async |client| {
         crate::pg::catalog::require_schema(&*client, &m.settings.schema).await?;
         let ledger = m.ledger();
-        let previous = m.status_with(&*client).await?.current;
+        // A tool table that disagrees with the ledger is what a stamp settles.
+        let previous = match m.status_with(&*client).await {
+            Ok(status) => status.current,
+            Err(e) if crate::error::kind_of(&e) == crate::error::Kind::Refused => {
+                ledger.recorded_revision(&*client).await?
+            }
+            Err(e) => return Err(e),
+        };
         ledger.ensure(&*client).await?;
+        let tool = m.tool_table(&*client).await?;
         let tx = client.transaction().await.pg(|| "starting stamp")?;
         let wanted: Vec<(&str, &str)> = m.set.migrations[..keep]
             .iter()
             .map(|m| (m.revision.as_str(), m.checksum.as_str()))
             .collect();
         ledger.stamp(&tx, &wanted).await?;
+        if let Some(tool) = &tool {
+            let kept: Vec<&crate::migrate::Migration> = m.set.migrations[..keep].iter().collect();
+            tool.stamp(&tx, &kept).await?;
+        }
         if let Some(project) = &m.set.alembic {
             let kept: Vec<String> = wanted.iter().map(|(r, _)| r.to_string()).collect();
             ledger

@@ -18,4 +18,5 @@ mod schema;
 mod serve;
 mod shapes;
 mod tls;
+mod tool_tables;
 mod versions;

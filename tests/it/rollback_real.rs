@@ -182,8 +182,10 @@ async fn tables_it_cannot_fill_are_skipped_with_the_reason_and_the_rest_still_ch
         "CREATE DOMAIN isbn AS text CHECK (VALUE ~ '^97[89]-[0-9]{10}$' AND right(VALUE, 1) = 'X');\n\
          CREATE TABLE books (isbn isbn PRIMARY KEY, title text NOT NULL);\n\
          CREATE TABLE pairs (a bigint, b bigint, PRIMARY KEY (a, b));\n\
-         CREATE TABLE chain (id int PRIMARY KEY, previous int NOT NULL REFERENCES chain (id));\n",
-        "DROP TABLE chain;\nDROP TABLE pairs;\nDROP TABLE books;\nDROP DOMAIN isbn;\n",
+         CREATE TABLE chain (id int PRIMARY KEY, previous int NOT NULL REFERENCES chain (id));\n\
+         CREATE TABLE reviews (id int PRIMARY KEY, book isbn REFERENCES books (isbn), body text NOT NULL);\n\
+         CREATE TABLE editions (id int PRIMARY KEY, book isbn NOT NULL REFERENCES books (isbn));\n",
+        "DROP TABLE editions;\nDROP TABLE reviews;\nDROP TABLE chain;\nDROP TABLE pairs;\nDROP TABLE books;\nDROP DOMAIN isbn;\n",
     );
     let (code, v) = p.json(&["rollback-test", "--rows", "50", "--rows-skip", "prices"]);
     assert_eq!(code, 0, "{v}");
@@ -208,14 +210,19 @@ async fn tables_it_cannot_fill_are_skipped_with_the_reason_and_the_rest_still_ch
     assert!(reason("books").contains("isbn"), "{skipped:?}");
     assert!(reason("chain").contains("previous"), "{skipped:?}");
     assert_eq!(reason("prices"), "left out with --rows-skip");
-    assert_eq!(skipped.len(), 3, "{skipped:?}");
+    // Left out because books is: its foreign key cannot be NULL.
+    assert!(
+        reason("editions").contains("references") && reason("editions").contains("books"),
+        "{skipped:?}"
+    );
+    assert_eq!(skipped.len(), 4, "{skipped:?}");
     let data = criterion(&v, "data restored");
     assert_eq!(data["outcome"], "pass", "{v}");
     assert!(
         data["detail"]
             .as_str()
             .unwrap()
-            .contains("3 table(s) left out"),
+            .contains("4 table(s) left out"),
         "{data}"
     );
     assert!(v["data_checked"]
@@ -223,6 +230,14 @@ async fn tables_it_cannot_fill_are_skipped_with_the_reason_and_the_rest_still_ch
         .unwrap()
         .iter()
         .any(|t| t["table"] == "pairs"));
+    // A nullable foreign key into a table left out is filled with NULL, and checked.
+    let reviews = v["data_checked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "reviews")
+        .unwrap_or_else(|| panic!("reviews not checked: {v}"));
+    assert_eq!(reviews["rows"], 50, "{reviews}");
     let r = p.ok(&["rollback-test", "--rows", "50"]);
     assert!(r.stdout.contains("left out of the data check:"), "{r}");
     assert!(r.stdout.contains("  books: "), "{r}");

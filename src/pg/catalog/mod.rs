@@ -34,13 +34,17 @@ pub const SLOTS_TABLE: &str = "backstop_schedule_slots";
 /// keeps in step: bookkeeping like backstop's own, not data.
 pub const ALEMBIC_VERSION_TABLE: &str = "alembic_version";
 
-/// Bookkeeping tables (backstop's own and Alembic's), left out of schema snapshots,
-/// backups, downgrade plans and emptiness checks.
+/// Bookkeeping tables (backstop's own, Alembic's, and those of the tools in
+/// [`crate::migrate::Tool`]), left out of schema snapshots, backups, downgrade plans and
+/// emptiness checks: restoring one would rewind the record of what ran, not data.
 pub const OWN_TABLES: &[&str] = &[
     BOOKKEEPING_TABLE,
     DOWNGRADES_TABLE,
     SLOTS_TABLE,
     ALEMBIC_VERSION_TABLE,
+    "__diesel_schema_migrations",
+    "schema_migrations",
+    "_sqlx_migrations",
 ];
 
 /// Schemas that belong to users: not the system's, not temporary, not TOAST.

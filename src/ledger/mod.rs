@@ -6,6 +6,8 @@
 //! whose downgrade never happened, and `upgrade --restore` knows which backups are open.
 //! Every write takes the caller's transaction, so it commits or rolls back with the change.
 
+pub mod tool;
+
 use std::time::Duration;
 
 use serde::Serialize;

@@ -143,6 +143,13 @@ pub async fn fill(
             .unwrap_or(0);
         order.push(remaining.remove(i));
     }
+    // Tables the up steps seeded (lookup tables) are checked with their seed as it is.
+    let mut seeded = Vec::new();
+    for (oid, _, target) in &order {
+        if count(client, target).await? > 0 {
+            seeded.push(*oid);
+        }
+    }
     let mut report = FillReport::default();
     for (oid, name, target) in order {
         let skipped = |reason: String| Skipped {
@@ -164,7 +171,11 @@ pub async fn fill(
                 table: name,
                 target,
                 rows: already,
-                how: "made by triggers as other tables were filled".into(),
+                how: if seeded.contains(&oid) {
+                    "seeded by the migrations, checked as they left it".into()
+                } else {
+                    "made by triggers as other tables were filled".into()
+                },
             });
             continue;
         }

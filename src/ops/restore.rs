@@ -69,7 +69,7 @@ pub async fn restore(
         .transaction()
         .await
         .pg(|| "starting the restore transaction")?;
-    let loaded = load(&tx, store, &manifest, &chosen, options.mode, ctx)
+    let loaded = load(&tx, store, &manifest, &chosen, options.mode, &[], ctx)
         .await
         .context(ROLLED_BACK)?;
     tx.commit()

@@ -10,7 +10,7 @@ use crate::backup::manifest::Kind;
 use crate::context::OpContext;
 use crate::error::usage;
 use crate::ledger::Ledger;
-use crate::migrate::reapply::{stages, Candidate};
+use crate::migrate::reapply::{stages, Candidate, Stage};
 use crate::migrate::{Direction, Target, UpTarget};
 use crate::pg::session::{EXPORT_SETTINGS, RESET_EXPORT_SETTINGS};
 use crate::pg::PgContext;
@@ -131,59 +131,148 @@ async fn with_restore(
             }
         })
         .collect();
-    let one_transaction = !report.plan.steps.iter().any(|s| s.no_transaction);
-    let stays_at = format!(
-        "the upgrade was rolled back; the database stays at revision {}",
-        from.as_deref().unwrap_or("(none)")
-    );
-    if !one_transaction {
-        // A no-transaction step cannot share a transaction with the data: the steps run
-        // first, each as it always does, then the data loads in a transaction of its own.
-        m.run_steps(client, &mut report).await?;
-        let at = report.current.clone();
-        let tx = client.transaction().await.pg(|| "starting the restore")?;
-        for stage in &stages {
-            if let Some(backup) = &stage.backup {
-                let restored = load_backup(&ledger, &tx, store, &backup.backup_id, skip, ctx)
+    // Steps and restores run in as few transactions as the steps allow: all in one unless a
+    // step must run outside any, which then runs alone between the transactions before and
+    // after it. Each backup still loads right after the step that brings its schema back.
+    let segments = segments(&report.plan.steps, &stages);
+    let runner = m.runner(&ledger);
+    let mut at = from.clone();
+    let mut pending: Vec<&str> = stages
+        .iter()
+        .filter_map(|s| s.backup.as_ref().map(|b| b.backup_id.as_str()))
+        .collect();
+    let mut superseded = false;
+    for (k, segment) in segments.iter().enumerate() {
+        let stays_at = if at == from {
+            format!(
+                "the upgrade was rolled back; the database stays at revision {}",
+                from.as_deref().unwrap_or("(none)")
+            )
+        } else {
+            format!(
+                "the database stays at revision {}, with the data of the backups before it restored; not restored yet: {} (`backstop restore ID` loads one by hand)",
+                at.as_deref().unwrap_or("(none)"),
+                pending.join(", ")
+            )
+        };
+        let items = match segment {
+            Segment::Together(items) => items,
+            Segment::Alone(i) => {
+                let step = &report.plan.steps[*i];
+                let done = runner
+                    .run(client, Direction::Up, step)
                     .await
-                    .with_context(|| {
-                        format!(
-                            "the upgrade committed and the database is at {at}, but its data was not restored (a no-transaction step cannot share the data's transaction); backup {} still holds it: `backstop restore {}`",
-                            backup.backup_id, backup.backup_id
-                        )
-                    })?;
-                report.restored.push(restored);
+                    .context(stays_at)?;
+                report.applied.push(done);
+                at = Some(step.revision.clone());
+                continue;
+            }
+        };
+        let tx = client.transaction().await.pg(|| "starting the upgrade")?;
+        let mut reached = at.clone();
+        let mut restored_here = Vec::new();
+        for item in items {
+            match item {
+                Item::Step(i) => {
+                    let step = &report.plan.steps[*i];
+                    let done = runner
+                        .run_in(&tx, Direction::Up, step)
+                        .await
+                        .context(stays_at.clone())?;
+                    report.applied.push(done);
+                    reached = Some(step.revision.clone());
+                }
+                Item::Restore(id) => {
+                    let earlier: Vec<String> = report
+                        .restored
+                        .iter()
+                        .chain(&restored_here)
+                        .flat_map(|r| r.tables.iter().cloned())
+                        .collect();
+                    let restored = load_backup(&ledger, &tx, store, id, skip, &earlier, ctx)
+                        .await
+                        .context(stays_at.clone())?;
+                    restored_here.push(restored);
+                }
             }
         }
-        ledger.supersede(&tx, &left).await?;
-        tx.commit().await.pg(|| "committing the restore")?;
-        return Ok(report);
-    }
-
-    let runner = m.runner(&ledger);
-    let tx = client.transaction().await.pg(|| "starting the upgrade")?;
-    for stage in &stages {
-        for step in &report.plan.steps[stage.first..=stage.last] {
-            let done = runner
-                .run_in(&tx, Direction::Up, step)
-                .await
-                .context(stays_at.clone())?;
-            report.applied.push(done);
+        if k + 1 == segments.len() {
+            ledger.supersede(&tx, &left).await?;
+            superseded = true;
         }
-        if let Some(backup) = &stage.backup {
-            let restored = load_backup(&ledger, &tx, store, &backup.backup_id, skip, ctx)
-                .await
-                .context(stays_at.clone())?;
-            report.restored.push(restored);
-        }
+        tx.commit()
+            .await
+            .pg(|| "committing the upgrade")
+            .context(stays_at)?;
+        pending.retain(|id| !restored_here.iter().any(|r| r.backup_id == *id));
+        report.restored.extend(restored_here);
+        at = reached;
     }
-    ledger.supersede(&tx, &left).await?;
-    tx.commit()
-        .await
-        .pg(|| "committing the upgrade")
-        .context(stays_at)?;
+    if !superseded {
+        ledger.supersede(&*client, &left).await?;
+    }
     report.current = m.status_with(&*client).await?.current_label();
     Ok(report)
+}
+
+/// What runs in one transaction: steps, and the backups that load after them.
+enum Segment<'a> {
+    Together(Vec<Item<'a>>),
+    /// A step that must run outside any transaction.
+    Alone(usize),
+}
+
+enum Item<'a> {
+    Step(usize),
+    Restore(&'a str),
+}
+
+fn segments<'a>(steps: &[crate::migrate::PlannedStep], stages: &'a [Stage]) -> Vec<Segment<'a>> {
+    let mut out: Vec<Segment> = Vec::new();
+    // Set after a step that adds an enum value: PostgreSQL refuses rows that use a value
+    // added in the same transaction, so that transaction commits before anything loads.
+    let mut fenced = false;
+    let together = |out: &mut Vec<Segment<'a>>, item: Item<'a>, fenced: &mut bool| {
+        match out.last_mut() {
+            Some(Segment::Together(items)) if !*fenced => items.push(item),
+            _ => out.push(Segment::Together(vec![item])),
+        }
+        *fenced = false;
+    };
+    for stage in stages {
+        for (i, step) in steps
+            .iter()
+            .enumerate()
+            .take(stage.last + 1)
+            .skip(stage.first)
+        {
+            if step.no_transaction {
+                out.push(Segment::Alone(i));
+            } else {
+                together(&mut out, Item::Step(i), &mut fenced);
+                fenced = adds_enum_value(&step.sql);
+            }
+        }
+        if let Some(backup) = &stage.backup {
+            together(&mut out, Item::Restore(&backup.backup_id), &mut fenced);
+        }
+    }
+    out
+}
+
+/// Whether `sql` runs `ALTER TYPE … ADD VALUE`.
+fn adds_enum_value(sql: &str) -> bool {
+    crate::migrate::lexer::split(sql).iter().any(|st| {
+        st.words.first().is_some_and(|w| w == "ALTER")
+            && st.words.get(1).is_some_and(|w| w == "TYPE")
+            && st
+                .text(sql)
+                .to_ascii_uppercase()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .windows(2)
+                .any(|w| w == ["ADD", "VALUE"])
+    })
 }
 
 /// Loads one pre-downgrade backup into `tx` and closes its record. Tables that already
@@ -195,6 +284,7 @@ async fn load_backup(
     store: &Store,
     backup_id: &str,
     skip: &[String],
+    earlier: &[String],
     ctx: &OpContext,
 ) -> anyhow::Result<Restored> {
     let manifest = load_manifest(store, backup_id).await?;
@@ -210,9 +300,17 @@ async fn load_backup(
         .await
         .pg(|| "pinning the restore settings")?;
     let chosen = plan(&manifest, &[], skip)?;
-    let loaded = load(tx, store, &manifest, &chosen, RestoreMode::SkipFilled, ctx)
-        .await
-        .context("skip a table with --restore-skip TABLE")?;
+    let loaded = load(
+        tx,
+        store,
+        &manifest,
+        &chosen,
+        RestoreMode::SkipFilled,
+        earlier,
+        ctx,
+    )
+    .await
+    .context("skip a table with --restore-skip TABLE")?;
     tx.batch_execute(RESET_EXPORT_SETTINGS)
         .await
         .pg(|| "restoring the session settings")?;
@@ -226,4 +324,22 @@ async fn load_backup(
         skipped,
         warnings: loaded.warnings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::adds_enum_value;
+
+    #[test]
+    fn a_step_that_adds_an_enum_value_is_told_apart() {
+        assert!(adds_enum_value(
+            "ALTER TYPE task_status ADD VALUE 'blocked' AFTER 'doing';"
+        ));
+        assert!(adds_enum_value(
+            "-- x\nalter type \"S\".mood\n  add value if not exists 'ok'"
+        ));
+        assert!(!adds_enum_value("ALTER TYPE mood RENAME VALUE 'a' TO 'b';"));
+        assert!(!adds_enum_value("SELECT 'ALTER TYPE x ADD VALUE';"));
+        assert!(!adds_enum_value("ALTER TABLE t ADD COLUMN value int;"));
+    }
 }

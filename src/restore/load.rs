@@ -6,6 +6,7 @@
 use futures_util::SinkExt;
 use tokio_postgres::Transaction;
 
+use super::sequences::advance_sequences;
 use super::{RestoreMode, TableRestored};
 use crate::backup::manifest::{load_order, Manifest, OnRestore, TableEntry};
 use crate::backup::read::pump;
@@ -15,9 +16,9 @@ use crate::pg::catalog::{self, Relation};
 use crate::pg::{qualified, quote_ident, PgContext, PgError};
 use crate::store::Store;
 
-struct Target<'a> {
-    entry: &'a TableEntry,
-    relation: Relation,
+pub(super) struct Target<'a> {
+    pub(super) entry: &'a TableEntry,
+    pub(super) relation: Relation,
     qualified: String,
 }
 
@@ -29,6 +30,7 @@ pub async fn restore_tables(
     manifest: &Manifest,
     entries: &[&TableEntry],
     mode: RestoreMode,
+    earlier: &[String],
     ctx: &OpContext,
 ) -> anyhow::Result<LoadedTables> {
     // 1. Check the plan against the catalog before touching anything.
@@ -122,11 +124,15 @@ pub async fn restore_tables(
                     kept.push(t);
                     continue;
                 };
+                let keyed = !t.entry.primary_key.is_empty();
                 match t.entry.on_restore {
-                    OnRestore::Merge if !t.entry.primary_key.is_empty() => merge.push(t),
+                    // Rows the down steps changed or deleted come back as they were.
+                    OnRestore::Merge if keyed => merge.push(t),
+                    // A later copy of a table this re-upgrade already put back.
+                    OnRestore::Load if keyed && earlier.contains(&label) => merge.push(t),
                     // Re-created and seeded by an up step (a lookup table): the seed's
                     // rows must match the backup's, the user's own rows go back.
-                    OnRestore::Load if !t.entry.primary_key.is_empty() => seeded.push(t),
+                    OnRestore::Load if keyed => seeded.push(t),
                     OnRestore::Replace if rows == t.entry.rows as i64 => {
                         tx.batch_execute(&format!("TRUNCATE ONLY {}", t.qualified))
                             .await
@@ -193,7 +199,7 @@ pub async fn restore_tables(
             sequences,
         });
     }
-    let merges = merge.iter().map(|t| (t, Finish::InsertMissing));
+    let merges = merge.iter().map(|t| (t, Finish::Upsert));
     for (t, finish) in merges.chain(seeded.iter().map(|t| (t, Finish::AfterSeed))) {
         let (rows, added) = via_temp_table(tx, store, t, ctx, finish).await?;
         report.push(TableRestored {
@@ -209,7 +215,7 @@ pub async fn restore_tables(
                 rows - added
             ),
             _ => tracing::info!(
-                "{}: {added} of {rows} backed-up row(s) were missing and were put back",
+                "{}: {added} of {rows} backed-up row(s) were put back as they were before the downgrade",
                 manifest.label(t.entry)
             ),
         }
@@ -343,8 +349,9 @@ async fn copy_verified(
 enum Finish {
     /// Put the non-key columns back into the rows with the same key.
     UpdateByKey,
-    /// Insert the rows whose key is missing; leave the others.
-    InsertMissing,
+    /// Insert the rows whose key is missing and set the others to the backup's values:
+    /// the backup is the table as it was before the downgrade changed it.
+    Upsert,
     /// Insert the rows whose key is missing; a row with the same key must be identical
     /// (the seed of an up step), anything else is a conflict that stops the restore.
     AfterSeed,
@@ -396,7 +403,38 @@ async fn via_temp_table(
                 on.join(" AND ")
             )
         }
-        Finish::InsertMissing | Finish::AfterSeed => format!(
+        Finish::Upsert => {
+            let key: Vec<String> = entry.primary_key.iter().map(|k| quote_ident(k)).collect();
+            let set: Vec<String> = entry
+                .columns
+                .iter()
+                .filter(|c| !entry.primary_key.contains(&c.name))
+                .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name)))
+                .collect();
+            // IS DISTINCT FROM: a row already as the backup has it is not touched, so the
+            // count says how many rows the restore changed or added.
+            let changed: Vec<String> = entry
+                .columns
+                .iter()
+                .filter(|c| !entry.primary_key.contains(&c.name))
+                .map(|c| format!("t.{0} IS DISTINCT FROM EXCLUDED.{0}", quote_ident(&c.name)))
+                .collect();
+            let action = if set.is_empty() {
+                "DO NOTHING".to_string()
+            } else {
+                format!(
+                    "DO UPDATE SET {} WHERE {}",
+                    set.join(", "),
+                    changed.join(" OR ")
+                )
+            };
+            format!(
+                "INSERT INTO {target} AS t ({0}) OVERRIDING SYSTEM VALUE SELECT {0} FROM {temp} ON CONFLICT ({1}) {action}",
+                cols.join(", "),
+                key.join(", ")
+            )
+        }
+        Finish::AfterSeed => format!(
             "INSERT INTO {target} ({0}) OVERRIDING SYSTEM VALUE SELECT {0} FROM {temp} ON CONFLICT DO NOTHING",
             cols.join(", ")
         ),
@@ -487,90 +525,4 @@ async fn drop_secondary_indexes(
         out.push((index.name, index.definition));
     }
     Ok(out)
-}
-
-/// Moves each sequence owned by a column of the table (or of a table it is a partition
-/// of) past the restored maximum, the value saved at backup time and its own current value,
-/// whichever is largest.
-async fn advance_sequences(tx: &Transaction<'_>, t: &Target<'_>) -> anyhow::Result<Vec<String>> {
-    let mut out = Vec::new();
-    for serial in catalog::serial_columns(tx, &t.relation).await? {
-        let max: Option<i64> = tx
-            .query_one(
-                &format!(
-                    "SELECT max({})::bigint FROM {}",
-                    quote_ident(&serial.column),
-                    serial.owner
-                ),
-                &[],
-            )
-            .await
-            .pg(|| format!("reading the largest {} of {}", serial.column, serial.owner))?
-            .get(0);
-        let mut floors: Vec<(i64, bool)> = max.map(|m| (m, true)).into_iter().collect();
-        if let Some(s) = t.entry.sequences.iter().find(|s| s.column == serial.column) {
-            floors.push((s.last_value, s.is_called));
-        }
-        let (value, called) = advance(tx, &serial.sequence, &floors).await?;
-        out.push(format!(
-            "{} = {value}{}",
-            serial.sequence,
-            if called { "" } else { " (not yet used)" }
-        ));
-    }
-    Ok(out)
-}
-
-/// Sets the saved sequences that no column owns to their saved state, unless they are
-/// already past it; ones that do not exist (any more) are left out.
-pub async fn restore_free_sequences(
-    tx: &Transaction<'_>,
-    manifest: &Manifest,
-) -> anyhow::Result<Vec<String>> {
-    let mut out = Vec::new();
-    for s in &manifest.sequences {
-        let name = qualified(&s.schema, &s.name);
-        let exists: bool = tx
-            .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&name])
-            .await
-            .pg(|| format!("looking up sequence {}.{}", s.schema, s.name))?
-            .get(0);
-        if exists {
-            let (value, _) = advance(tx, &name, &[(s.last_value, s.is_called)]).await?;
-            out.push(format!("{}.{} = {value}", s.schema, s.name));
-        }
-    }
-    Ok(out)
-}
-
-/// Moves `sequence` to the largest of its own state and `floors` ((value, is_called)
-/// pairs; the next value handed out is value + called), never back. Returns the state.
-async fn advance(
-    tx: &Transaction<'_>,
-    sequence: &str,
-    floors: &[(i64, bool)],
-) -> anyhow::Result<(i64, bool)> {
-    let row = tx
-        .query_one(
-            &format!("SELECT last_value, is_called FROM {sequence}"),
-            &[],
-        )
-        .await
-        .pg(|| format!("reading sequence {sequence}"))?;
-    let current: (i64, bool) = (row.get(0), row.get(1));
-    let target = floors
-        .iter()
-        .copied()
-        .chain([current])
-        .max_by_key(|(v, c)| (*v as i128) + i128::from(*c))
-        .unwrap_or(current);
-    if target != current {
-        tx.query_one(
-            "SELECT pg_catalog.setval($1::text::regclass, $2, $3)",
-            &[&sequence, &target.0, &target.1],
-        )
-        .await
-        .pg(|| format!("advancing sequence {sequence}"))?;
-    }
-    Ok(target)
 }

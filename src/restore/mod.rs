@@ -9,6 +9,7 @@
 
 mod load;
 pub mod plan;
+mod sequences;
 
 use anyhow::Context;
 use serde::Serialize;
@@ -106,18 +107,21 @@ impl std::error::Error for RefusedManifest {}
 
 /// Loads what `plan` picked from `manifest` inside `tx` (which the caller commits or rolls
 /// back): whole tables first, then column-level entries by primary key, whatever the mode.
+/// `earlier` names the tables an earlier backup of the same re-upgrade already put back: a
+/// later backup holds them as they were later, so its rows win, key by key.
 pub async fn load(
     tx: &Transaction<'_>,
     store: &Store,
     manifest: &Manifest,
     plan: &RestorePlan<'_>,
     mode: RestoreMode,
+    earlier: &[String],
     ctx: &OpContext,
 ) -> anyhow::Result<Loaded> {
     ctx.observer()
         .begin("restore", plan.tables().map(|t| t.bytes).sum());
     let result = async {
-        let whole = load::restore_tables(tx, store, manifest, &plan.whole, mode, ctx).await?;
+        let whole = load::restore_tables(tx, store, manifest, &plan.whole, mode, earlier, ctx).await?;
         let mut loaded = Loaded {
             tables: whole.tables,
             skipped: whole.skipped.iter().map(|(t, _)| t.clone()).collect(),
@@ -157,7 +161,7 @@ pub async fn load(
                 sequences: Vec::new(),
             });
         }
-        loaded.sequences = load::restore_free_sequences(tx, manifest).await?;
+        loaded.sequences = sequences::restore_free_sequences(tx, manifest).await?;
         anyhow::Ok(loaded)
     }
     .await;

@@ -9,6 +9,7 @@ mod cluster;
 mod common;
 mod config;
 mod downgrade;
+mod history;
 mod layouts;
 mod migrate;
 mod ops;

@@ -237,6 +237,7 @@ pub(super) async fn procedure(
             &manifest,
             &chosen,
             RestoreMode::Truncate,
+            &[],
             ctx,
         )
         .await

@@ -1,0 +1,99 @@
+//! Sequences after a restore: each one a restored column owns moved past what was loaded,
+//! and the free ones (no column owns them, a `DEFAULT nextval(...)` uses them) set to their
+//! saved state, so the next insert never collides with a restored row.
+
+use tokio_postgres::Transaction;
+
+use super::load::Target;
+use crate::backup::manifest::Manifest;
+use crate::pg::catalog;
+use crate::pg::{qualified, quote_ident, PgContext};
+
+/// Moves each sequence owned by a column of the table (or of a table it is a partition
+/// of) past the restored maximum, the value saved at backup time and its own current value,
+/// whichever is largest.
+pub(super) async fn advance_sequences(
+    tx: &Transaction<'_>,
+    t: &Target<'_>,
+) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for serial in catalog::serial_columns(tx, &t.relation).await? {
+        let max: Option<i64> = tx
+            .query_one(
+                &format!(
+                    "SELECT max({})::bigint FROM {}",
+                    quote_ident(&serial.column),
+                    serial.owner
+                ),
+                &[],
+            )
+            .await
+            .pg(|| format!("reading the largest {} of {}", serial.column, serial.owner))?
+            .get(0);
+        let mut floors: Vec<(i64, bool)> = max.map(|m| (m, true)).into_iter().collect();
+        if let Some(s) = t.entry.sequences.iter().find(|s| s.column == serial.column) {
+            floors.push((s.last_value, s.is_called));
+        }
+        let (value, called) = advance(tx, &serial.sequence, &floors).await?;
+        out.push(format!(
+            "{} = {value}{}",
+            serial.sequence,
+            if called { "" } else { " (not yet used)" }
+        ));
+    }
+    Ok(out)
+}
+
+/// Sets the saved sequences that no column owns to their saved state, unless they are
+/// already past it; ones that do not exist (any more) are left out.
+pub async fn restore_free_sequences(
+    tx: &Transaction<'_>,
+    manifest: &Manifest,
+) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for s in &manifest.sequences {
+        let name = qualified(&s.schema, &s.name);
+        let exists: bool = tx
+            .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&name])
+            .await
+            .pg(|| format!("looking up sequence {}.{}", s.schema, s.name))?
+            .get(0);
+        if exists {
+            let (value, _) = advance(tx, &name, &[(s.last_value, s.is_called)]).await?;
+            out.push(format!("{}.{} = {value}", s.schema, s.name));
+        }
+    }
+    Ok(out)
+}
+
+/// Moves `sequence` to the largest of its own state and `floors` ((value, is_called)
+/// pairs; the next value handed out is value + called), never back. Returns the state.
+async fn advance(
+    tx: &Transaction<'_>,
+    sequence: &str,
+    floors: &[(i64, bool)],
+) -> anyhow::Result<(i64, bool)> {
+    let row = tx
+        .query_one(
+            &format!("SELECT last_value, is_called FROM {sequence}"),
+            &[],
+        )
+        .await
+        .pg(|| format!("reading sequence {sequence}"))?;
+    let current: (i64, bool) = (row.get(0), row.get(1));
+    let target = floors
+        .iter()
+        .copied()
+        .chain([current])
+        .max_by_key(|(v, c)| (*v as i128) + i128::from(*c))
+        .unwrap_or(current);
+    if target != current {
+        tx.query_one(
+            "SELECT pg_catalog.setval($1::text::regclass, $2, $3)",
+            &[&sequence, &target.0, &target.1],
+        )
+        .await
+        .pg(|| format!("advancing sequence {sequence}"))?;
+    }
+    Ok(target)
+}

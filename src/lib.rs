@@ -3,7 +3,9 @@
 //!
 //! The map, from the top down; every module depends only on modules below it:
 //!
-//! - Front ends live in the binary (`src/cli/`, and the daemon): arguments in, reports out.
+//! - Front ends: the command line in the binary (`src/cli/`: arguments in, reports out),
+//!   and [`serve`], the daemon (schedule loops on a given clock, HTTP, metrics, webhooks,
+//!   systemd notification), which `backstop serve` starts and tests drive in-process.
 //! - [`ops`]: one module per operation (upgrade, downgrade, stamp, backup, restore, verify,
 //!   prune, list, schema, rollback-test). Each plans, then executes, and returns a
 //!   serialisable report; [`ops::Workspace`] opens what the configuration names.
@@ -33,4 +35,5 @@ pub mod protect;
 pub mod restore;
 pub mod schedule;
 pub mod schema;
+pub mod serve;
 pub mod store;

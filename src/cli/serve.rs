@@ -1,232 +1,35 @@
-//! `serve`: the daemon. It loads the configuration, answers over HTTP at once (health,
-//! readiness naming what is missing, metrics), waits for the database and the store, then
-//! runs the schedules (see `scheduler`) and tells systemd it is ready. SIGHUP re-reads the
-//! configuration and replaces the schedules; a bad file is logged and the running one kept.
-//! Ctrl-C or SIGTERM cancels the operation context: nothing new starts, a running backup
-//! stops cleanly (upload aborted, no manifest), and `serve` exits 0.
+//! `serve`: the daemon ([`backstop::serve`]) on the system clock, with SIGHUP as its reload
+//! signal.
 
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use backstop::context::OpContext;
-use backstop::error::{usage, ExitCode};
-use backstop::ops::config_check::missing_tables;
-use backstop::ops::Workspace;
-use backstop::schedule::Schedule;
-use tokio_util::task::TaskTracker;
+use backstop::error::ExitCode;
+use backstop::serve::{serve, SystemClock};
 
 use super::{Ctx, Output};
 
-mod http;
-mod metrics;
-mod scheduler;
-mod webhook;
-
-use metrics::Metrics;
-use scheduler::{Scheduler, Shared};
-use webhook::Webhooks;
-
-/// How long shutdown waits for webhook calls still going out.
-const WEBHOOK_DRAIN: Duration = Duration::from_secs(5);
-
-/// A configuration the daemon can run: the workspace and its parsed schedules.
-struct Loaded {
-    ws: Arc<Workspace>,
-    schedules: Vec<Schedule>,
-}
-
-/// Reads and checks the configuration for serving; every problem is a usage error naming
-/// the file and key (or schedule).
-fn load(path: Option<&Path>) -> anyhow::Result<Loaded> {
-    let ws = Workspace::load(path)?;
-    let mut schedules = Vec::new();
-    let mut problems = Vec::new();
-    for s in &ws.config().schedules {
-        match Schedule::parse(s) {
-            Ok(s) => schedules.push(s),
-            Err(e) => problems.push(e),
-        }
-    }
-    if !problems.is_empty() {
-        return usage(problems.join("; "));
-    }
-    if schedules.is_empty() {
-        return usage("serve has nothing to do: the configuration has no [[schedule]]; add one (see config/backstop.example.toml)");
-    }
-    Ok(Loaded {
-        ws: Arc::new(ws),
-        schedules,
-    })
-}
-
 pub async fn run(ctx: &Ctx) -> anyhow::Result<Output> {
-    let Loaded { ws, schedules } = load(ctx.config_path.as_deref())?;
-    let instance = format!("{}:{}", hostname(), std::process::id());
-    let op = ctx.op.clone();
-    let names: Vec<String> = schedules.iter().map(|s| s.name.clone()).collect();
-    let metrics = Arc::new(Metrics::new(&names));
-    // Signals are taken over before anything else, so a hangup never ends the process.
-    let mut hangups = hangups()?;
-    let listen = ws.config().server.listen.clone();
-    let listener = match tokio::net::TcpListener::bind(&listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            return usage(format!(
-                "cannot listen on {listen} ([server] listen): {e}; pick a free address and port"
-            ));
-        }
-    };
-    let daemon = Arc::new(http::Daemon::new(ws.clone(), metrics.clone(), op.clone()));
-    let app = http::app(daemon.clone());
-    let http_op = op.clone();
-    let server = tokio::spawn(async move {
-        let stop = async move { http_op.cancelled().await };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!("the HTTP server stopped: {e}");
+    // Taken over before anything else, so a hangup never ends the process.
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let (reload, reloads) = tokio::sync::mpsc::channel(1);
+    let forward = tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            // A reload already waiting covers this one too.
+            let _ = reload.try_send(());
         }
     });
-    // /healthz and /readyz answer while the database or the store is still coming up.
-    wait_for_dependencies(&ws, &op).await;
-    if !op.is_cancelled() {
-        // A table that is not there is a configuration error now, not a failure at 3 a.m.
-        if let Err(e) = check_tables(&ws, &schedules).await {
-            op.cancel();
-            let _ = server.await;
-            return Err(e);
-        }
-    }
-    let webhooks = TaskTracker::new();
-    if !op.is_cancelled() {
-        tracing::info!(
-            "serving {} schedule(s) as instance {instance}, HTTP on {listen}",
-            schedules.len()
-        );
-        let scheduler = Arc::new(Scheduler::new(Shared { instance, metrics }, op.clone()));
-        let hooks = Webhooks::new(&ws.config().notify, webhooks.clone());
-        scheduler.replace(ws, schedules, hooks);
-        notify(&[sd_notify::NotifyState::Ready]);
-        let watchdog = tokio::spawn({
-            let scheduler = scheduler.clone();
-            async move { scheduler.watchdog().await }
-        });
-        loop {
-            tokio::select! {
-                _ = hangups.recv() => reload(ctx, &daemon, &scheduler, &webhooks).await,
-                _ = op.cancelled() => break,
-            }
-        }
-        notify(&[sd_notify::NotifyState::Stopping]);
-        scheduler.join().await;
-        watchdog.abort();
-    }
-    let _ = server.await;
-    webhooks.close();
-    if tokio::time::timeout(WEBHOOK_DRAIN, webhooks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("webhook calls still going out after {WEBHOOK_DRAIN:?} were dropped");
-    }
-    tracing::info!("stopped");
+    let served = serve(
+        ctx.config_path.as_deref(),
+        ctx.op.clone(),
+        Arc::new(SystemClock),
+        reloads,
+    )
+    .await;
+    forward.abort();
+    served?;
     Ok(Output {
         json: serde_json::json!({ "stopped": true }),
         text: String::new(),
         code: ExitCode::Success,
     })
-}
-
-/// SIGHUP: re-reads the configuration; if it is good, the schedules, webhooks, database and
-/// store settings are replaced; if not, the problem is logged and everything runs on as it was.
-async fn reload(ctx: &Ctx, daemon: &http::Daemon, scheduler: &Scheduler, webhooks: &TaskTracker) {
-    notify(&[sd_notify::NotifyState::Reloading]);
-    let loaded = match load(ctx.config_path.as_deref()) {
-        Ok(l) => check_tables(&l.ws, &l.schedules).await.map(|_| l),
-        Err(e) => Err(e),
-    };
-    match loaded {
-        Err(e) => tracing::error!(
-            "SIGHUP: the new configuration is not usable, so the running one is kept: {e:#}"
-        ),
-        Ok(Loaded { ws, schedules }) => {
-            let listen = &ws.config().server.listen;
-            if *listen != daemon.ws().config().server.listen {
-                tracing::warn!(
-                    "SIGHUP: [server] listen changed to {listen}; the HTTP side keeps its address until a restart"
-                );
-            }
-            let names: Vec<String> = schedules.iter().map(|s| s.name.clone()).collect();
-            let old = scheduler.names();
-            daemon.metrics.track(&names);
-            daemon.replace(ws.clone());
-            let hooks = Webhooks::new(&ws.config().notify, webhooks.clone());
-            scheduler.replace(ws, schedules, hooks);
-            tracing::info!(
-                "SIGHUP: configuration reloaded; schedules were [{}], now [{}]",
-                old.join(", "),
-                names.join(", ")
-            );
-        }
-    }
-    notify(&[sd_notify::NotifyState::Ready]);
-}
-
-/// Refuses a configuration whose schedules or `[backup] tables` name a table the database
-/// does not have (exit 2, naming the schedule). A database that does not answer right now
-/// is not a reason to refuse: the runs will say so.
-async fn check_tables(ws: &Workspace, schedules: &[Schedule]) -> anyhow::Result<()> {
-    let db = ws.database()?;
-    match missing_tables(ws.config(), schedules, &db, &ws.origin()).await {
-        Ok(missing) if missing.is_empty() => Ok(()),
-        Ok(missing) => usage(missing.join("; ")),
-        Err(e) => {
-            tracing::warn!("the tables the schedules name were not checked: {e:#}");
-            Ok(())
-        }
-    }
-}
-
-/// Tells systemd (when it started us with a notify socket); without one, does nothing.
-fn notify(state: &[sd_notify::NotifyState]) {
-    if let Err(e) = sd_notify::notify(state) {
-        tracing::debug!("notifying systemd: {e}");
-    }
-}
-
-/// Waits until the database and the store answer, saying which does not, so READY means
-/// the service can work; a dependency that is down does not stop the daemon.
-async fn wait_for_dependencies(ws: &Workspace, op: &OpContext) {
-    loop {
-        let problems = ws.unavailable().await;
-        if problems.is_empty() {
-            return;
-        }
-        let status = problems.join("; ");
-        tracing::error!("{status}; retrying in 5s");
-        notify(&[sd_notify::NotifyState::Status(&status)]);
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            _ = op.cancelled() => return,
-        }
-    }
-}
-
-/// SIGHUP as a stream; taken over at start, since by default it would end the process.
-fn hangups() -> anyhow::Result<tokio::signal::unix::Signal> {
-    use tokio::signal::unix::{signal, SignalKind};
-    Ok(signal(SignalKind::hangup())?)
-}
-
-/// The host's name, for telling instances apart in the slots table; `/etc/hostname` when
-/// the unit's `ProcSubset=pid` hides `/proc/sys`.
-fn hostname() -> String {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .map(|h| h.trim().to_string())
-        .find(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
 }

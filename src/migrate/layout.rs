@@ -334,7 +334,7 @@ pub fn survey(dir: &Path, setting: LayoutSetting) -> std::io::Result<Survey> {
             .collect();
         if !strays.is_empty() {
             s.problems.push(format!(
-                "{} holds no migrations backstop can read (it holds {}); the layouts read are {}. A Flyway-style V1__name.sql has no down script, and backstop needs one for every migration",
+                "{} holds no migrations backstop can read (it holds {}); the layouts read are {}. A Flyway-style V1__name.sql and a one-way sqlx migration (20260101000000_name.sql, made without `sqlx migrate add -r`) have no down script, and backstop needs one for every migration",
                 dir.display(),
                 list(&strays),
                 every_layout()

@@ -1,7 +1,16 @@
-//! The HTTP side: health, readiness, metrics, status, the backup list, and "back up now"
-//! behind a bearer token.
+//! The HTTP side in-process (the router `serve` builds, called with `oneshot`): health,
+//! readiness naming what does not answer, metrics, status, the backup list, and "back up
+//! now" behind a bearer token. The helpers talk to a real `serve` over a socket.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backstop::context::OpContext;
+use backstop::ops::Workspace;
+use backstop::serve::http::{app, Daemon};
+use backstop::serve::metrics::Metrics;
+use backstop::serve::{Clock, ManualClock};
+use tower::ServiceExt;
 
 use super::*;
 
@@ -46,37 +55,59 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|l| l[series.len()..].trim().parse().ok())
 }
 
+/// The router as `serve` builds it, over a workspace of `p`, with `metrics`.
+fn router(p: &Project, metrics: Arc<Metrics>) -> axum::Router {
+    let ws = Arc::new(Workspace::load(Some(&p.path().join("backstop.toml"))).unwrap());
+    app(Arc::new(Daemon::new(ws, metrics, OpContext::default())))
+}
+
+/// One request through the router, in-process: (status, headers, body).
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, axum::http::HeaderMap, String) {
+    let mut request = axum::http::Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    (status, headers, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
 #[tokio::test]
-async fn health_readiness_metrics_and_status_over_http() {
+async fn health_readiness_metrics_status_and_the_backup_list() {
     let store = TestStore::dir();
     let db = TestDb::new().await;
-    let mut p = scheduled(&db, &store).await;
-    let (child, port) = start_http(&mut p);
-    // Wait for the HTTP side, then for a run to show in the metrics.
-    let started = Instant::now();
-    let mut metrics = String::new();
-    loop {
-        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            drop(s);
-            let (code, body) = get(port, "/metrics");
-            assert_eq!(code, 200, "{body}");
-            metrics = body;
-            let runs = sample(
-                &metrics,
-                "backstop_schedule_runs_total{schedule=\"fast\",result=\"success\"}",
-            );
-            if runs.unwrap_or(0.0) >= 1.0 {
-                break;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no successful run in the metrics:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(get(port, "/healthz").0, 200);
-    assert_eq!(get(port, "/readyz").0, 200);
+    let p = scheduled(&db, &store).await;
+    // One slot runs on a clock the test moves, so the metrics have something to say.
+    let clock = Arc::new(ManualClock::new(
+        chrono::DateTime::parse_from_rfc3339("2026-06-01T10:00:00.5Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc),
+    ));
+    let loops = super::clock::start(&p, &clock, "a");
+    super::clock::settled(&clock, 1, 0).await;
+    super::clock::move_to(&clock, clock.now() + chrono::TimeDelta::seconds(2), 1).await;
+    let app = router(&p, loops.metrics.clone());
+    assert_eq!(call(&app, "GET", "/healthz", &[], "").await.0, 200);
+    assert_eq!(call(&app, "GET", "/readyz", &[], "").await.0, 200);
+    let (code, headers, metrics) = call(&app, "GET", "/metrics", &[], "").await;
+    assert_eq!(code, 200, "{metrics}");
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
     for series in [
         "backstop_schedule_last_success_timestamp_seconds{schedule=\"fast\"}",
         "backstop_schedule_last_duration_seconds{schedule=\"fast\"}",
@@ -91,37 +122,64 @@ async fn health_readiness_metrics_and_status_over_http() {
             "no {series} in\n{metrics}"
         );
     }
-    assert!(sample(&metrics, "backstop_backup_rows_total{schedule=\"fast\"}").unwrap() >= 100.0);
+    assert_eq!(
+        sample(
+            &metrics,
+            "backstop_schedule_runs_total{schedule=\"fast\",result=\"success\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "backstop_schedule_last_success_timestamp_seconds{schedule=\"fast\"}"
+        ),
+        Some(clock.now().timestamp() as f64),
+        "the time of the run is the clock's"
+    );
+    assert_eq!(
+        sample(&metrics, "backstop_backup_rows_total{schedule=\"fast\"}"),
+        Some(100.0)
+    );
     assert!(
         metrics.contains("backstop_build_info{version="),
         "{metrics}"
     );
-    let (code, status) = get(port, "/v1/status");
+    let (code, _, status) = call(&app, "GET", "/v1/status", &[], "").await;
     assert_eq!(code, 200);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(
         status["schedules"]["fast"]["last_result"], "success",
         "{status}"
     );
-    let (code, listed) = get(port, "/v1/backups");
+    let (code, _, listed) = call(&app, "GET", "/v1/backups", &[], "").await;
     assert_eq!(code, 200);
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
-    assert!(
-        !listed["backups"].as_array().unwrap().is_empty(),
-        "{listed}"
-    );
+    assert_eq!(listed["backups"].as_array().unwrap().len(), 1, "{listed}");
     assert!(!listed.to_string().contains(&db.url), "{listed}");
-    let (code, stderr) = stop(child);
-    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(call(&app, "GET", "/nope", &[], "").await.0, 404);
+    assert_eq!(call(&app, "DELETE", "/v1/backups", &[], "").await.0, 405);
+    loops.stop().await;
+    // A database that does not answer: not ready, and the answer says which.
+    let mut down = Project::empty("postgres://postgres@127.0.0.1:1/nothing");
+    down.use_store(&store);
+    let (code, _, body) = call(
+        &router(&down, Arc::new(Metrics::new(&[]))),
+        "GET",
+        "/readyz",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("database"), "{body}");
 }
 
 #[tokio::test]
-async fn back_up_now_over_http_only_with_the_configured_token() {
+async fn back_up_now_only_with_the_configured_token() {
     let store = TestStore::dir();
     let db = TestDb::new().await;
     let mut p = scheduled(&db, &store).await;
-    // A schedule that will not fire during the test: every backup here is asked for.
-    p.set_section("[schedule]", "name = \"nightly\"\ncron = \"0 0 3 * * *\"");
     let manual = |p: &Project| -> Vec<serde_json::Value> {
         let (_, v) = p.json(&["backups", "list"]);
         v["backups"]
@@ -132,70 +190,71 @@ async fn back_up_now_over_http_only_with_the_configured_token() {
             .cloned()
             .collect()
     };
+    let metrics = || Arc::new(Metrics::new(&["fast".to_string()]));
 
     // Without a token the endpoint is off for everyone.
-    let (child, port) = start_http(&mut p);
-    let (code, body) = request(
-        port,
+    let app = router(&p, metrics());
+    let (code, _, body) = call(
+        &app,
         "POST",
         "/v1/backups",
         &[("Authorization", "Bearer anything")],
         "",
-    );
+    )
+    .await;
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("[server] token"), "{body}");
-    let (code, stderr) = stop(child);
-    assert_eq!(code, Some(0), "{stderr}");
-    assert!(manual(&p).is_empty());
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["kind"],
+        "usage"
+    );
 
     // With one, a wrong or missing token is 401 and the right one backs up.
     let token = "t0ken-Secret-42";
-    let port = free_port();
     p.set_section(
         "server",
-        &format!("listen = \"127.0.0.1:{port}\"\ntoken = \"{token}\""),
+        &format!("listen = \"127.0.0.1:1\"\ntoken = \"{token}\""),
     );
-    let child = start(&p);
-    wait_listening(port);
+    let app = router(&p, metrics());
     for headers in [
         vec![],
         vec![("Authorization", "Bearer t0ken-Secret-43")],
         vec![("Authorization", "Basic dDBrZW4tU2VjcmV0LTQy")],
     ] {
-        let (code, body) = request(port, "POST", "/v1/backups", &headers, "");
+        let (code, answer_headers, body) = call(&app, "POST", "/v1/backups", &headers, "").await;
         assert_eq!(code, 401, "{headers:?}: {body}");
+        assert_eq!(answer_headers["www-authenticate"], "Bearer");
         assert!(!body.contains(token), "{body}");
     }
     assert!(manual(&p).is_empty(), "a refused request backed up");
     let bearer = format!("Bearer {token}");
-    let (code, body) = request(
-        port,
+    let auth = [("Authorization", bearer.as_str())];
+    let (code, _, body) = call(
+        &app,
         "POST",
         "/v1/backups",
-        &[("Authorization", &bearer)],
+        &auth,
         "{\"tables\": [\"nope\"]}",
-    );
+    )
+    .await;
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("nope"), "{body}");
-    let (code, body) = request(
-        port,
+    let (code, _, body) = call(&app, "POST", "/v1/backups", &auth, "{\"tabels\": []}").await;
+    assert_eq!(code, 400, "a misspelt key is refused, not ignored: {body}");
+    let (code, _, body) = call(
+        &app,
         "POST",
         "/v1/backups",
-        &[
-            ("Authorization", &bearer),
-            ("Content-Type", "application/json"),
-        ],
+        &[auth[0], ("Content-Type", "application/json")],
         "{\"label\": \"before the release\"}",
-    );
+    )
+    .await;
     assert_eq!(code, 201, "{body}");
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let (code, stderr) = stop(child);
-    assert_eq!(code, Some(0), "{stderr}");
     let listed = manual(&p);
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["id"], answer["id"], "{body}");
     assert_eq!(listed[0]["rows"], 100, "{listed:?}");
     assert_eq!(listed[0]["label"], "before the release");
-    assert!(!stderr.contains(token), "{stderr}");
     p.ok(&["backups", "verify", answer["id"].as_str().unwrap()]);
 }

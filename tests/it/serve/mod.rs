@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
+mod clock;
 mod http;
 mod resilience;
 mod schedules;
@@ -89,18 +90,35 @@ pub fn stop(child: Child) -> (Option<i32>, String) {
     )
 }
 
+/// Slots of `fast` done, and the distinct backups they name: equal when no two slots share
+/// one backup.
 pub async fn slots_done(db: &TestDb) -> (i64, i64) {
     let row = db
         .client()
         .await
         .query_one(
-            "SELECT count(*) FILTER (WHERE state = 'done'), count(DISTINCT slot) FILTER (WHERE state = 'done')
+            "SELECT count(*) FILTER (WHERE state = 'done'), count(DISTINCT backup_id) FILTER (WHERE state = 'done')
              FROM backstop_schedule_slots WHERE schedule = 'fast'",
             &[],
         )
         .await
         .unwrap();
     (row.get(0), row.get(1))
+}
+
+/// The backups the done slots of `fast` name.
+pub async fn slot_backup_ids(db: &TestDb) -> Vec<String> {
+    db.client()
+        .await
+        .query(
+            "SELECT backup_id FROM backstop_schedule_slots WHERE schedule = 'fast' AND state = 'done'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }
 
 pub fn scheduled_backups(p: &Project) -> Vec<serde_json::Value> {

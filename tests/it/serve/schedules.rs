@@ -1,5 +1,6 @@
-//! Schedules: backups every two seconds, one backup per slot across instances, time zones,
-//! runs longer than their interval, missed slots, migrations, systemd and signals.
+//! The real binary on the real clock: a schedule producing backups, migrations it waits
+//! for, systemd and signals. How slots follow the clock (time zones, daylight saving, jumps,
+//! overruns, missed slots, several instances) is tested in-process in `clock.rs`.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -12,7 +13,14 @@ async fn an_every_two_seconds_schedule_produces_backups_and_stops_cleanly() {
     let db = TestDb::new().await;
     let mut p = scheduled(&db, &store).await;
     let (child, _) = start_http(&mut p);
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    let started = std::time::Instant::now();
+    while scheduled_backups(&p).len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no two scheduled backups"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (code, stderr) = stop(child);
     assert_eq!(code, Some(0), "{stderr}");
     let backups = scheduled_backups(&p);
@@ -22,28 +30,15 @@ async fn an_every_two_seconds_schedule_produces_backups_and_stops_cleanly() {
         backups.len()
     );
     assert!(backups.iter().all(|b| b["rows"] == 100), "{backups:?}");
+    // Each slot done names its own backup, and that backup is in the store.
     let (done, distinct) = slots_done(&db).await;
     assert_eq!(done as usize, backups.len(), "{stderr}");
     assert_eq!(done, distinct);
-}
-
-#[tokio::test]
-async fn two_daemons_on_one_database_back_each_slot_up_once() {
-    let store = TestStore::dir();
-    let db = TestDb::new().await;
-    let mut p = scheduled(&db, &store).await;
-    let (a, _) = start_http(&mut p);
-    let (b, _) = start_http(&mut p);
-    tokio::time::sleep(Duration::from_secs(9)).await;
-    let (code_a, err_a) = stop(a);
-    let (code_b, err_b) = stop(b);
-    assert_eq!((code_a, code_b), (Some(0), Some(0)), "{err_a}\n{err_b}");
-    let backups = scheduled_backups(&p);
-    let (done, distinct) = slots_done(&db).await;
-    assert!(done >= 3, "{done} slots done\n{err_a}\n{err_b}");
-    // One backup per slot: neither instance repeated a slot the other ran.
-    assert_eq!(backups.len() as i64, done, "{err_a}\n{err_b}");
-    assert_eq!(done, distinct);
+    let ids = slot_backup_ids(&db).await;
+    assert!(
+        ids.iter().all(|id| backups.iter().any(|b| b["id"] == *id)),
+        "{ids:?} {backups:?}"
+    );
 }
 
 #[tokio::test]
@@ -174,46 +169,6 @@ fn the_systemd_unit_verifies_and_is_sandboxed() {
 }
 
 #[tokio::test]
-async fn a_restart_records_missed_slots_and_runs_the_latest_once() {
-    let store = TestStore::dir();
-    let db = TestDb::new().await;
-    let mut p = scheduled(&db, &store).await;
-    let (first, _) = start_http(&mut p);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (code, stderr) = stop(first);
-    assert_eq!(code, Some(0), "{stderr}");
-    let c = db.client().await;
-    let stopped: chrono::DateTime<chrono::Utc> =
-        c.query_one("SELECT now()", &[]).await.unwrap().get(0);
-    // Three or four slots pass with no instance running.
-    tokio::time::sleep(Duration::from_secs(7)).await;
-    let restarted: chrono::DateTime<chrono::Utc> =
-        c.query_one("SELECT now()", &[]).await.unwrap().get(0);
-    let (second, _) = start_http(&mut p);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (code, stderr) = stop(second);
-    assert_eq!(code, Some(0), "{stderr}");
-    let states: Vec<String> = c
-        .query(
-            "SELECT state FROM backstop_schedule_slots WHERE schedule = 'fast' AND slot > $1 AND slot <= $2 ORDER BY slot",
-            &[&stopped, &restarted],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert!(states.len() >= 3, "{states:?}\n{stderr}");
-    let (last, rest) = states.split_last().unwrap();
-    assert_eq!(
-        last, "done",
-        "the latest missed slot runs at start: {states:?}\n{stderr}"
-    );
-    assert!(rest.iter().all(|s| s == "missed"), "{states:?}");
-    assert!(stderr.contains("passed while no instance ran"), "{stderr}");
-}
-
-#[tokio::test]
 async fn scheduled_backups_wait_for_migrations_and_never_interleave() {
     let store = TestStore::dir();
     let db = TestDb::new().await;
@@ -256,121 +211,6 @@ async fn scheduled_backups_wait_for_migrations_and_never_interleave() {
         !scheduled_backups(&p).is_empty(),
         "no backup after the migration ended\n{stderr}"
     );
-}
-
-/// `S M H * * *` for `at` as the wall clock of `zone` shows it.
-fn daily_cron_at(at: chrono::DateTime<chrono::Utc>, zone: chrono_tz::Tz) -> String {
-    use chrono::Timelike;
-    let local = at.with_timezone(&zone);
-    format!(
-        "{} {} {} * * *",
-        local.second(),
-        local.minute(),
-        local.hour()
-    )
-}
-
-#[tokio::test]
-async fn schedules_in_other_time_zones_fire_at_their_own_wall_clock() {
-    use chrono::{DurationRound, TimeDelta, Utc};
-    let store = TestStore::dir();
-    let db = TestDb::new().await;
-    let mut p = scheduled(&db, &store).await;
-    // One instant, written as the wall clock of two zones with odd offsets (+05:45, and
-    // -03:30 or -02:30): read in UTC either cron would be hours away.
-    let at = Utc::now().duration_trunc(TimeDelta::seconds(1)).unwrap() + TimeDelta::seconds(8);
-    let zones = [
-        ("kathmandu", chrono_tz::Asia::Kathmandu),
-        ("st_johns", chrono_tz::America::St_Johns),
-    ];
-    let entries: Vec<String> = zones
-        .iter()
-        .map(|(name, zone)| {
-            format!(
-                "name = \"{name}\"\ncron = \"{}\"\ntimezone = \"{}\"",
-                daily_cron_at(at, *zone),
-                zone.name()
-            )
-        })
-        .collect();
-    // `set_section` writes `[[schedule]]`; the second entry follows in the same section.
-    p.set_section("[schedule]", &entries.join("\n\n[[schedule]]\n"));
-    let (child, _) = start_http(&mut p);
-    while Utc::now() < at + TimeDelta::seconds(4) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let (code, stderr) = stop(child);
-    assert_eq!(code, Some(0), "{stderr}");
-    let rows = db
-        .client()
-        .await
-        .query(
-            "SELECT schedule, slot, state FROM backstop_schedule_slots ORDER BY schedule",
-            &[],
-        )
-        .await
-        .unwrap();
-    let got: Vec<(String, chrono::DateTime<Utc>, String)> = rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    assert_eq!(
-        got,
-        vec![
-            ("kathmandu".to_string(), at, "done".to_string()),
-            ("st_johns".to_string(), at, "done".to_string()),
-        ],
-        "{stderr}"
-    );
-}
-
-#[tokio::test]
-async fn a_run_longer_than_its_interval_neither_overlaps_nor_stops_the_schedule() {
-    let store = TestStore::dir();
-    let db = TestDb::new().await;
-    let p = scheduled(&db, &store).await;
-    // Holding the table makes the first backup wait about 7 s on a 2 s schedule.
-    let mut holder = db.client().await;
-    let tx = holder.transaction().await.unwrap();
-    tx.batch_execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
-    let child = start(&p);
-    tokio::time::sleep(Duration::from_secs(7)).await;
-    tx.rollback().await.unwrap();
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let (code, stderr) = stop(child);
-    assert_eq!(code, Some(0), "{stderr}");
-    let c = db.client().await;
-    let runs: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = c
-        .query(
-            "SELECT started_at, finished_at FROM backstop_schedule_slots
-             WHERE state = 'done' ORDER BY slot",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    // The first run waited for the table; runs followed it; none overlapped another.
-    assert!(runs.len() >= 3, "{runs:?}\n{stderr}");
-    let longest = runs.iter().map(|(s, f)| *f - *s).max().unwrap();
-    assert!(longest >= chrono::TimeDelta::seconds(3), "{runs:?}");
-    for pair in runs.windows(2) {
-        assert!(pair[1].0 >= pair[0].1, "runs overlap: {pair:?}");
-    }
-    let missed: i64 = c
-        .query_one(
-            "SELECT count(*) FROM backstop_schedule_slots WHERE state = 'missed'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(missed >= 1, "{stderr}");
-    assert!(stderr.contains("passed while slot"), "{stderr}");
-    assert_eq!(scheduled_backups(&p).len(), runs.len());
 }
 
 #[tokio::test]

@@ -5,17 +5,17 @@
 
 use std::sync::{Arc, RwLock};
 
+use crate::backup::manifest::Kind;
+use crate::context::OpContext;
+use crate::ops::backup::{take, BackupOptions};
+use crate::ops::list::list;
+use crate::ops::Workspace;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use backstop::backup::manifest::Kind;
-use backstop::context::OpContext;
-use backstop::ops::backup::{take, BackupOptions};
-use backstop::ops::list::list;
-use backstop::ops::Workspace;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
@@ -109,7 +109,7 @@ async fn backups(State(d): State<Arc<Daemon>>) -> Response {
 
 /// An operation's error as JSON, with the status its kind maps to.
 fn failure(e: &anyhow::Error) -> Response {
-    let kind = backstop::error::kind_of(e);
+    let kind = crate::error::kind_of(e);
     let status =
         StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (

@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backstop::context::OpContext;
-use backstop::ops::scheduled::{record_missed, record_overrun, run_slot, SlotOutcome};
-use backstop::ops::Workspace;
-use backstop::schedule::Schedule;
+use super::clock::Clock;
+use crate::context::OpContext;
+use crate::ops::scheduled::{record_missed, record_overrun, run_slot, SlotOutcome};
+use crate::ops::Workspace;
+use crate::schedule::Schedule;
 use chrono::Utc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -39,13 +40,13 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    fn beat(&self) {
-        self.at.store(Utc::now().timestamp(), Ordering::Relaxed);
+    fn beat(&self, clock: &dyn Clock) {
+        self.at.store(clock.now().timestamp(), Ordering::Relaxed);
     }
 
-    fn alive(&self) -> bool {
+    fn alive(&self, clock: &dyn Clock) -> bool {
         self.running.load(Ordering::Relaxed)
-            || Utc::now().timestamp() - self.at.load(Ordering::Relaxed)
+            || clock.now().timestamp() - self.at.load(Ordering::Relaxed)
                 <= 2 * MAX_SLEEP.as_secs() as i64
     }
 }
@@ -55,6 +56,8 @@ impl Heartbeat {
 pub struct Shared {
     pub instance: String,
     pub metrics: Arc<Metrics>,
+    /// The time the schedules run by.
+    pub clock: Arc<dyn Clock>,
 }
 
 struct Loop {
@@ -90,7 +93,7 @@ impl Scheduler {
         for schedule in schedules {
             let retire = CancellationToken::new();
             let beat = Arc::new(Heartbeat::default());
-            beat.beat();
+            beat.beat(&*self.shared.clock);
             let job = Job {
                 ws: ws.clone(),
                 schedule,
@@ -126,7 +129,7 @@ impl Scheduler {
         loops
             .iter()
             .filter(|l| !l.task.is_finished())
-            .all(|l| l.beat.alive())
+            .all(|l| l.beat.alive(&*self.shared.clock))
     }
 
     /// Waits for every loop to end (the operation context is cancelled by then).
@@ -182,8 +185,9 @@ impl Job {
     async fn run(self) {
         let name = &self.schedule.name;
         let metrics = &self.shared.metrics;
+        let clock = &*self.shared.clock;
         let mut catch_up = self.missed_at_start().await;
-        let mut after = Utc::now();
+        let mut after = clock.now();
         while !self.stopping() {
             let Some(slot) = catch_up.take().or_else(|| self.schedule.next_after(after)) else {
                 tracing::warn!("schedule {name} has no future slot; it stops");
@@ -192,14 +196,14 @@ impl Job {
             metrics.next(name, slot);
             // Sleep until the slot, in bounded steps, or until cancelled or retired.
             loop {
-                self.beat.beat();
-                let now = Utc::now();
+                self.beat.beat(clock);
+                let now = clock.now();
                 if now >= slot {
                     break;
                 }
                 let wait = (slot - now).to_std().unwrap_or_default().min(MAX_SLEEP);
                 tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = clock.sleep(wait) => {}
                     _ = self.op.cancelled() => return,
                     _ = self.retire.cancelled() => return,
                 }
@@ -207,7 +211,7 @@ impl Job {
             self.run_one(slot).await;
             // Slots that passed while this one ran are not run in a burst: the ones nobody
             // took are recorded as missed, and the loop goes on from now.
-            let now = Utc::now();
+            let now = clock.now();
             after = slot.max(now - OVERRUN_GRACE);
             if after > slot {
                 match record_overrun(&self.ws, &self.schedule, slot, after, &self.shared.instance)
@@ -233,7 +237,8 @@ impl Job {
     /// (`catch_up = "latest"`).
     async fn missed_at_start(&self) -> Option<chrono::DateTime<Utc>> {
         let name = &self.schedule.name;
-        match record_missed(&self.ws, &self.schedule, Utc::now(), &self.shared.instance).await {
+        let now = self.shared.clock.now();
+        match record_missed(&self.ws, &self.schedule, now, &self.shared.instance).await {
             Ok((missed, latest)) => {
                 self.shared.metrics.missed(name, missed.len() as u64);
                 if !missed.is_empty() {
@@ -272,7 +277,8 @@ impl Job {
         )
         .await;
         self.beat.running.store(false, Ordering::Relaxed);
-        self.beat.beat();
+        self.beat.beat(&*self.shared.clock);
+        let now = self.shared.clock.now();
         let secs = started.elapsed().as_secs_f64();
         match outcome {
             Ok(SlotOutcome::TakenElsewhere) => {
@@ -285,16 +291,26 @@ impl Job {
                 pruned,
                 kept,
             }) => {
-                metrics.succeeded(name, &backup_id, rows, bytes, secs, kept);
+                metrics.succeeded(
+                    name,
+                    &super::metrics::Success {
+                        backup_id: &backup_id,
+                        rows,
+                        bytes,
+                        secs,
+                        kept,
+                        at: now,
+                    },
+                );
                 hooks.succeeded(&backup_id, rows, bytes, secs);
                 tracing::info!(
                     "schedule {name}: slot {slot} backed up as {backup_id} ({rows} rows, {bytes} bytes stored, {secs:.1}s); retention removed {pruned} backup(s)"
                 )
             }
             Err(e) => {
-                let reason = backstop::error::kind_of(&e).name();
+                let reason = crate::error::kind_of(&e).name();
                 let message = format!("{e:#}");
-                metrics.failed(name, reason, &message, secs);
+                metrics.failed(name, reason, &message, secs, now);
                 hooks.failed(&message, secs);
                 tracing::error!(
                     "schedule {name}: slot {slot} failed ({reason}): {message}; the next slot tries again"

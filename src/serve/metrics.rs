@@ -47,6 +47,17 @@ pub struct ScheduleStatus {
     pub last_backup_id: Option<String>,
 }
 
+/// One slot's successful run, as the metrics and the status record it.
+pub struct Success<'a> {
+    pub backup_id: &'a str,
+    pub rows: u64,
+    pub bytes: u64,
+    pub secs: f64,
+    /// Backups retention left in the store.
+    pub kept: usize,
+    pub at: DateTime<Utc>,
+}
+
 /// The daemon's counters and what each schedule last did.
 pub struct Metrics {
     registry: Registry,
@@ -186,20 +197,19 @@ impl Metrics {
         self.missed.get_or_create(&label).inc_by(n);
     }
 
-    /// A slot backed up: `kept` is the number of backups retention left in the store.
-    pub fn succeeded(
-        &self,
-        schedule: &str,
-        backup_id: &str,
-        rows: u64,
-        bytes: u64,
-        secs: f64,
-        kept: usize,
-    ) {
+    /// A slot backed up.
+    pub fn succeeded(&self, schedule: &str, run: &Success) {
+        let Success {
+            backup_id,
+            rows,
+            bytes,
+            secs,
+            kept,
+            at: now,
+        } = *run;
         let label = Schedule {
             schedule: schedule.to_string(),
         };
-        let now = Utc::now();
         self.last_success
             .get_or_create(&label)
             .set(now.timestamp() as f64);
@@ -222,7 +232,7 @@ impl Metrics {
     }
 
     /// A slot failed: `reason` is the error kind, `error` the message (no secrets, no rows).
-    pub fn failed(&self, schedule: &str, reason: &str, error: &str, secs: f64) {
+    pub fn failed(&self, schedule: &str, reason: &str, error: &str, secs: f64, now: DateTime<Utc>) {
         let label = Schedule {
             schedule: schedule.to_string(),
         };
@@ -240,7 +250,7 @@ impl Metrics {
             })
             .inc();
         self.with_status(schedule, |s| {
-            s.last_run = Some(Utc::now());
+            s.last_run = Some(now);
             s.last_result = Some("failure".into());
             s.last_error = Some(error.to_string());
         });

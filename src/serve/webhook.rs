@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backstop::config::{NotifyConfig, Secret};
+use crate::config::{NotifyConfig, Secret};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, USER_AGENT};

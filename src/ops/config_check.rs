@@ -32,14 +32,18 @@ impl CheckReport {
     }
 }
 
-pub async fn check(explicit: Option<&Path>) -> anyhow::Result<CheckReport> {
-    let env = process_env()?;
-    let mut loaded = Loaded::read(explicit, &env)?;
-    super::project_database_url(&mut loaded)?;
-    let origin = loaded.origin();
-    let config = &loaded.config;
-    let mut problems = config.problems(&origin);
-    let mut unchecked = Vec::new();
+/// What can be known wrong with a configuration without connecting anywhere, and the
+/// schedules it defines. `config check` lists these problems; `serve` refuses to start on any
+/// of them (exit 2), since no retry can cure them.
+pub struct Checked {
+    pub problems: Vec<String>,
+    pub schedules: Vec<Schedule>,
+}
+
+/// The checks [`Checked`] describes: values, schedules (cron and time zone), the listen
+/// address, the store and database locations.
+pub fn check_offline(config: &Config, origin: &str) -> Checked {
+    let mut problems = config.problems(origin);
     let schedules: Vec<Schedule> = config
         .schedules
         .iter()
@@ -60,6 +64,28 @@ pub async fn check(explicit: Option<&Path>) -> anyhow::Result<CheckReport> {
             problems.push(format!("{origin}: {e:#}"));
         }
     }
+    if let Some(url) = &config.database.url {
+        if let Err(e) = Database::parse(&url.0, &config.database) {
+            problems.push(format!("{origin}: {e:#}"));
+        }
+    }
+    Checked {
+        problems,
+        schedules,
+    }
+}
+
+pub async fn check(explicit: Option<&Path>) -> anyhow::Result<CheckReport> {
+    let env = process_env()?;
+    let mut loaded = Loaded::read(explicit, &env)?;
+    super::project_database_url(&mut loaded)?;
+    let origin = loaded.origin();
+    let config = &loaded.config;
+    let Checked {
+        mut problems,
+        schedules,
+    } = check_offline(config, &origin);
+    let mut unchecked = Vec::new();
     let migrations = loaded.migrations_dir();
     if migrations.is_dir() {
         if let Err(e) = super::load_migrations(&loaded, &env) {
@@ -76,13 +102,15 @@ pub async fn check(explicit: Option<&Path>) -> anyhow::Result<CheckReport> {
         None => unchecked.push(
             "no database url is configured, so the tables named could not be checked".to_string(),
         ),
-        Some(url) => match Database::parse(&url.0, &config.database) {
-            Err(e) => problems.push(format!("{origin}: {e:#}")),
-            Ok(db) => match missing_tables(config, &schedules, &db, &origin).await {
-                Err(e) => unchecked.push(format!("the tables named were not checked: {e:#}")),
-                Ok(missing) => problems.extend(missing),
-            },
-        },
+        Some(url) => {
+            // A url that does not parse is among the problems already.
+            if let Ok(db) = Database::parse(&url.0, &config.database) {
+                match missing_tables(config, &schedules, &db, &origin).await {
+                    Err(e) => unchecked.push(format!("the tables named were not checked: {e:#}")),
+                    Ok(missing) => problems.extend(missing),
+                }
+            }
+        }
     }
     Ok(CheckReport {
         origin,

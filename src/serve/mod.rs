@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use crate::context::OpContext;
-use crate::error::usage;
-use crate::ops::config_check::missing_tables;
+use crate::error::{kind_of, usage};
+use crate::ops::config_check::{check_offline, missing_tables, Checked};
 use crate::ops::Workspace;
 use crate::schedule::Schedule;
 
@@ -38,23 +38,26 @@ pub struct Loaded {
     pub schedules: Vec<Schedule>,
 }
 
-/// Reads and checks the configuration for serving; every problem is a usage error naming
-/// the file and key (or schedule).
+/// Reads and checks the configuration for serving, with `config check`'s own checks: every
+/// problem no retry can cure (a bad value, cron or time zone, an unknown storage scheme, no
+/// or a bad database url, a bad listen address) is a usage error naming the file and key.
 pub fn load(path: Option<&Path>) -> anyhow::Result<Loaded> {
     let ws = Workspace::load(path)?;
-    let mut schedules = Vec::new();
-    let mut problems = Vec::new();
-    for s in &ws.config().schedules {
-        match Schedule::parse(s) {
-            Ok(s) => schedules.push(s),
-            Err(e) => problems.push(e),
-        }
+    let origin = ws.origin();
+    let Checked {
+        mut problems,
+        schedules,
+    } = check_offline(ws.config(), &origin);
+    if ws.config().database.url.is_none() {
+        problems.push(format!(
+            "{origin}: [database] url is not set, and serve backs up a database; set it (or BACKSTOP_DATABASE_URL)"
+        ));
+    }
+    if schedules.is_empty() && problems.is_empty() {
+        problems.push("serve has nothing to do: the configuration has no [[schedule]]; add one (see config/backstop.example.toml)".into());
     }
     if !problems.is_empty() {
         return usage(problems.join("; "));
-    }
-    if schedules.is_empty() {
-        return usage("serve has nothing to do: the configuration has no [[schedule]]; add one (see config/backstop.example.toml)");
     }
     Ok(Loaded {
         ws: Arc::new(ws),
@@ -97,14 +100,13 @@ pub async fn serve(
         }
     });
     // /healthz and /readyz answer while the database or the store is still coming up.
-    wait_for_dependencies(&ws, &op).await;
+    if let Err(e) = wait_for_dependencies(&ws, &op).await {
+        op.cancel();
+        let _ = server.await;
+        return Err(e);
+    }
     if !op.is_cancelled() {
-        // A table that is not there is a configuration error now, not a failure at 3 a.m.
-        if let Err(e) = check_tables(&ws, &schedules).await {
-            op.cancel();
-            let _ = server.await;
-            return Err(e);
-        }
+        warn_missing_tables(&ws, &schedules).await;
     }
     let webhooks = TaskTracker::new();
     if !op.is_cancelled() {
@@ -156,10 +158,10 @@ async fn reload(
     webhooks: &TaskTracker,
 ) {
     notify(&[sd_notify::NotifyState::Reloading]);
-    let loaded = match load(config_path) {
-        Ok(l) => check_tables(&l.ws, &l.schedules).await.map(|_| l),
-        Err(e) => Err(e),
-    };
+    let loaded = load(config_path);
+    if let Ok(l) = &loaded {
+        warn_missing_tables(&l.ws, &l.schedules).await;
+    }
     match loaded {
         Err(e) => tracing::error!(
             "SIGHUP: the new configuration is not usable, so the running one is kept: {e:#}"
@@ -187,18 +189,18 @@ async fn reload(
     notify(&[sd_notify::NotifyState::Ready]);
 }
 
-/// Refuses a configuration whose schedules or `[backup] tables` name a table the database
-/// does not have (exit 2, naming the schedule). A database that does not answer right now
-/// is not a reason to refuse: the runs will say so.
-async fn check_tables(ws: &Workspace, schedules: &[Schedule]) -> anyhow::Result<()> {
-    let db = ws.database()?;
+/// Warns of tables the schedules or `[backup] tables` name that the database does not
+/// have (yet: a daemon installed before the first migration must come up and stay up); each
+/// slot that needs one fails saying so, and the next after the migration succeeds.
+async fn warn_missing_tables(ws: &Workspace, schedules: &[Schedule]) {
+    let Ok(db) = ws.database() else { return };
     match missing_tables(ws.config(), schedules, &db, &ws.origin()).await {
-        Ok(missing) if missing.is_empty() => Ok(()),
-        Ok(missing) => usage(missing.join("; ")),
-        Err(e) => {
-            tracing::warn!("the tables the schedules name were not checked: {e:#}");
-            Ok(())
-        }
+        Ok(missing) if missing.is_empty() => {}
+        Ok(missing) => tracing::warn!(
+            "{}; their slots fail until the tables exist",
+            missing.join("; ")
+        ),
+        Err(e) => tracing::warn!("the tables the schedules name were not checked: {e:#}"),
     }
 }
 
@@ -210,19 +212,31 @@ fn notify(state: &[sd_notify::NotifyState]) {
 }
 
 /// Waits until the database and the store answer, saying which does not, so READY means
-/// the service can work; a dependency that is down does not stop the daemon.
-async fn wait_for_dependencies(ws: &Workspace, op: &OpContext) {
+/// the service can work. Only what may pass is waited for ([`crate::error::Kind::is_transient`]: a server
+/// still starting, a store not reachable yet); anything else ends `serve` with its kind.
+async fn wait_for_dependencies(ws: &Workspace, op: &OpContext) -> anyhow::Result<()> {
     loop {
-        let problems = ws.unavailable().await;
+        let mut problems = Vec::new();
+        for (what, result) in [
+            ("database", ws.check_database().await),
+            ("store", ws.check_store().await),
+        ] {
+            if let Err(e) = result {
+                if !kind_of(&e).is_transient() {
+                    return Err(e.context(format!("the {what} can never answer as configured")));
+                }
+                problems.push(format!("the {what} does not answer: {e:#}"));
+            }
+        }
         if problems.is_empty() {
-            return;
+            return Ok(());
         }
         let status = problems.join("; ");
         tracing::error!("{status}; retrying in 5s");
         notify(&[sd_notify::NotifyState::Status(&status)]);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            _ = op.cancelled() => return,
+            _ = op.cancelled() => return Ok(()),
         }
     }
 }

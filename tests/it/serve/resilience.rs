@@ -68,19 +68,30 @@ async fn a_reload_replaces_the_schedules_and_a_bad_file_keeps_them() {
     )
     .await;
 
-    // A table that is not there: refused too.
+    // A table that is not there (yet): taken, with a warning, and its slots fail naming it.
     p.set_section(
         "[schedule]",
         "name = \"fast\"\ncron = \"*/2 * * * * *\"\ntables = [\"taks\"]",
     );
     hangup(&child);
-    let before = backups_of(&p, "fast");
-    until(
-        Duration::from_secs(20),
-        "a backup after the second bad reload",
-        || backups_of(&p, "fast") > before,
-    )
-    .await;
+    let c = db.client().await;
+    let failed_fast = || async {
+        c.query_one(
+            "SELECT count(*) FROM backstop_schedule_slots WHERE schedule = 'fast' AND state = 'failed' AND error LIKE '%taks%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+    let started = std::time::Instant::now();
+    while failed_fast().await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no slot failed on the missing table"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // A good file: the new schedule runs and the old one stops.
     p.set_section(
@@ -94,13 +105,17 @@ async fn a_reload_replaces_the_schedules_and_a_bad_file_keeps_them() {
         || backups_of(&p, "other") >= 1,
     )
     .await;
-    let fast = backups_of(&p, "fast");
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(
-        backups_of(&p, "fast"),
-        fast,
-        "the replaced schedule still runs"
-    );
+    let fast_slots = "SELECT count(*) FROM backstop_schedule_slots WHERE schedule = 'fast'";
+    let fast: i64 = c.query_one(fast_slots, &[]).await.unwrap().get(0);
+    // Two more slots of the new schedule pass: none of the old one.
+    until(
+        Duration::from_secs(20),
+        "two more backups of the new schedule",
+        || backups_of(&p, "other") >= 3,
+    )
+    .await;
+    let now: i64 = c.query_one(fast_slots, &[]).await.unwrap().get(0);
+    assert_eq!(now, fast, "the replaced schedule still runs");
     let (code, status) = get(port, "/v1/status");
     assert_eq!(code, 200);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
@@ -116,6 +131,10 @@ async fn a_reload_replaces_the_schedules_and_a_bad_file_keeps_them() {
     assert!(stderr.contains("every two seconds"), "{stderr}");
     assert!(
         stderr.contains("[[schedule]] \"fast\" names table \"taks\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("their slots fail until the tables exist"),
         "{stderr}"
     );
     assert!(stderr.contains("now [other]"), "{stderr}");

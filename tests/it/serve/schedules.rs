@@ -214,33 +214,90 @@ async fn scheduled_backups_wait_for_migrations_and_never_interleave() {
 }
 
 #[tokio::test]
-async fn a_bad_cron_time_zone_or_table_stops_serve_at_start_naming_the_schedule() {
+async fn what_no_retry_can_cure_stops_serve_at_start_and_a_missing_table_does_not() {
     let store = TestStore::dir();
     let db = TestDb::new().await;
     let mut p = scheduled(&db, &store).await;
-    for (entry, says) in [
+    let good = "name = \"nightly\"\ncron = \"0 0 3 * * *\"";
+    for (schedule, section, body, says) in [
         (
             "name = \"nightly\"\ncron = \"0 3 * * *\"",
+            "",
+            "",
             "[[schedule]] \"nightly\": cron \"0 3 * * *\" is not a six-field expression",
         ),
         (
             "name = \"berlin\"\ncron = \"0 0 3 * * *\"\ntimezone = \"Europe/Berlim\"",
+            "",
+            "",
             "[[schedule]] \"berlin\": timezone \"Europe/Berlim\" is not an IANA time zone",
         ),
+        (good, "storage", "url = \"gs://bucket/backups\"", "gs://"),
         (
-            "name = \"hourly\"\ncron = \"0 0 * * * *\"\ntables = [\"tasks\", \"nope\"]",
-            "[[schedule]] \"hourly\" names table \"nope\"",
+            good,
+            "server",
+            "listen = \"localhost\"",
+            "[server] listen \"localhost\"",
         ),
     ] {
-        p.set_section("[schedule]", entry);
+        p.set_section("[schedule]", schedule);
+        if !section.is_empty() {
+            p.set_section(section, body);
+        }
         let out = exit_within(
             start(&p),
             Duration::from_secs(30),
-            "serve with a bad schedule",
+            "serve with a bad config",
         );
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(out.status.code(), Some(2), "{says}: {stderr}");
         assert!(stderr.contains(says), "missing {says:?} in\n{stderr}");
+        p.use_store(&store);
+        p.set_section("server", &format!("listen = \"127.0.0.1:{}\"", free_port()));
     }
+    // No database at all: nothing to retry.
+    let mut none = Project::empty("");
+    none.use_store(&store);
+    none.set_section("[schedule]", good);
+    let out = exit_within(
+        start(&none),
+        Duration::from_secs(30),
+        "serve without a database",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("[database] url is not set"), "{stderr}");
     assert!(scheduled_backups(&p).is_empty());
+
+    // A table the first migration has not made yet: serve comes up, says so, and each
+    // slot fails naming it until it exists.
+    p.set_section(
+        "[schedule]",
+        "name = \"fast\"\ncron = \"*/2 * * * * *\"\ntables = [\"tasks\", \"later\"]",
+    );
+    let child = start(&p);
+    let c = db.client().await;
+    let started = std::time::Instant::now();
+    let failed = loop {
+        let row = c
+            .query_opt(
+                "SELECT error FROM backstop_schedule_slots WHERE schedule = 'fast' AND state = 'failed' LIMIT 1",
+                &[],
+            )
+            .await
+            .ok()
+            .flatten();
+        if let Some(row) = row {
+            break row.get::<_, String>(0);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no slot failed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(failed.contains("later"), "{failed}");
+    let (code, stderr) = stop(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("names table \"later\""), "{stderr}");
 }

@@ -20,14 +20,21 @@ async fn run_until_interrupted(cli: Cli) -> anyhow::Result<cli::Output> {
         out = &mut command => return out,
         _ = cli::interrupted() => {}
     }
-    tracing::warn!("interrupted: stopping at a safe point");
+    tracing::warn!("interrupted: stopping at a safe point (interrupt again to quit at once)");
     op.cancel();
-    match tokio::time::timeout(GRACE, &mut command).await {
-        Ok(Ok(out)) => Ok(out),
-        Ok(Err(e)) => Err(e.context("interrupted")),
-        Err(_) => Err(anyhow::anyhow!(
-            "interrupted: what was in progress was abandoned and its transaction rolled back; `backstop current` and `backstop backups list` show where things stand"
-        )),
+    let abandoned = |how: &str| {
+        anyhow::anyhow!(
+            "{how}: what was in progress was abandoned and its transaction rolled back; `backstop current` and `backstop backups list` show where things stand"
+        )
+    };
+    tokio::select! {
+        done = tokio::time::timeout(GRACE, &mut command) => match done {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(e)) => Err(e.context("interrupted")),
+            Err(_) => Err(abandoned("interrupted")),
+        },
+        // A second Ctrl-C or SIGTERM: the user (or systemd's stop) will not wait.
+        _ = cli::interrupted() => Err(abandoned("interrupted twice")),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use backstop::backup::manifest::{Kind, Manifest};
 use backstop::error::{usage, ExitCode};
-use backstop::ops::backup::{take, BackupOptions};
+use backstop::ops::backup::{back_up, BackupOptions};
 use backstop::ops::list::{list, show};
 use backstop::ops::prune::prune;
 use backstop::ops::restore::{restore as run_restore, RestoreOptions};
@@ -99,7 +99,6 @@ fn summary_line(m: &Manifest, now: time::OffsetDateTime, status: Option<&str>) -
 
 pub async fn backup(ctx: &Ctx, args: BackupArgs) -> anyhow::Result<Output> {
     let ws = ctx.workspace()?;
-    let db = ws.database()?;
     let store = ws.store().await?;
     let options = BackupOptions {
         kind: Kind::Manual,
@@ -108,16 +107,7 @@ pub async fn backup(ctx: &Ctx, args: BackupArgs) -> anyhow::Result<Output> {
         target_revision: None,
         every_schema: false,
     };
-    let config = ws.config();
-    let m = take(
-        &db,
-        &config.database,
-        &config.backup,
-        &*store,
-        &options,
-        &ctx.op(),
-    )
-    .await?;
+    let m = back_up(&ws, &*store, &options, &ctx.op()).await?;
     let mut text = format!("{}\n", m.id);
     for t in &m.tables {
         text.push_str(&format!(

@@ -1,6 +1,8 @@
 //! `backup`: a consistent backup of the requested tables, taken from one REPEATABLE READ
 //! snapshot that parallel workers share. Manual and scheduled backups, and the whole-schema
-//! backup before a no-transaction downgrade, all go through [`take`].
+//! backup before a no-transaction downgrade, all go through [`take`]; a backup asked for
+//! from the configuration (the command line, `POST /v1/backups`, a schedule) goes through
+//! [`back_up`], which holds the migration lock while it runs.
 
 use serde::Serialize;
 use tokio_postgres::IsolationLevel;
@@ -12,9 +14,38 @@ use crate::context::OpContext;
 use crate::error::usage;
 use crate::ledger::Ledger;
 use crate::pg::catalog::{data_tables, require_schema, Schemas};
+use crate::pg::lock::MigrationLock;
 use crate::pg::session::pin_session;
 use crate::pg::{Database, PgContext};
 use crate::store::Store;
+
+use super::Workspace;
+
+/// A backup of what `options` name, from the configured database into the configured store,
+/// under the migration lock: a backup and a migration never interleave, whoever asked for
+/// the backup. The wait for the lock ends with `ctx` (SIGTERM) or after
+/// `migration_lock_timeout_secs`.
+pub async fn back_up(
+    ws: &Workspace,
+    store: &Store,
+    options: &BackupOptions,
+    ctx: &OpContext,
+) -> anyhow::Result<Manifest> {
+    let config = ws.config();
+    let db = ws.database()?;
+    let client = ctx.unless_cancelled(db.connect()).await?;
+    let lock = ctx
+        .unless_cancelled(MigrationLock::acquire(
+            &client,
+            &db,
+            &config.database.schema,
+            &config.database,
+        ))
+        .await?;
+    let taken = take(&db, &config.database, &config.backup, store, options, ctx).await;
+    lock.release(&client).await;
+    taken
+}
 
 /// What to back up.
 #[derive(Debug, Clone, Serialize)]

@@ -5,14 +5,13 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::backup::{take, BackupOptions};
+use super::backup::{back_up, BackupOptions};
 use super::prune::prune;
 use super::Workspace;
 use crate::backup::manifest::Kind;
 use crate::config::CatchUp;
 use crate::context::OpContext;
 use crate::ledger::{Ledger, SlotState};
-use crate::pg::lock::MigrationLock;
 use crate::schedule::Schedule;
 
 /// The most missed slots one start records one by one.
@@ -31,6 +30,9 @@ pub enum SlotOutcome {
         pruned: usize,
         /// Complete backups left in the store after retention.
         kept: usize,
+        /// Why the slot's row could not be marked done, when it could not (the backup is
+        /// there all the same).
+        recorded: Option<String>,
     },
 }
 
@@ -56,8 +58,8 @@ pub async fn run_slot(
         return Ok(SlotOutcome::TakenElsewhere);
     }
     started();
-    let backup = async {
-        let store = ws.store().await?;
+    // Scheduled backups and migrations never interleave: both hold the migration lock.
+    let work = async {
         let options = BackupOptions {
             kind: Kind::Scheduled,
             tables: schedule.tables.clone(),
@@ -65,15 +67,8 @@ pub async fn run_slot(
             target_revision: None,
             every_schema: false,
         };
-        let manifest = take(
-            &db,
-            &config.database,
-            &config.backup,
-            &*store,
-            &options,
-            ctx,
-        )
-        .await?;
+        let store = ws.store().await?;
+        let manifest = back_up(ws, &*store, &options, ctx).await?;
         let plan = prune(
             &*store,
             &config.retention,
@@ -87,20 +82,20 @@ pub async fn run_slot(
             backup_id: manifest.id,
             pruned: plan.remove.len(),
             kept: plan.keep.len(),
+            recorded: None,
         })
-    };
-    // Scheduled backups and migrations never interleave: both hold the migration lock.
-    let work = async {
-        let lock =
-            MigrationLock::acquire(&client, &db, &config.database.schema, &config.database).await?;
-        let done = backup.await;
-        lock.release(&client).await;
-        done
     }
     .await;
-    match &work {
-        Ok(SlotOutcome::Done { backup_id, .. }) => {
-            ledger
+    let mut work = work;
+    match &mut work {
+        Ok(SlotOutcome::Done {
+            backup_id,
+            recorded,
+            ..
+        }) => {
+            // The backup exists: a record that cannot be written is reported apart, never
+            // as a failed backup.
+            if let Err(e) = ledger
                 .finish_slot(
                     &client,
                     &schedule.name,
@@ -109,7 +104,10 @@ pub async fn run_slot(
                     Some(backup_id),
                     None,
                 )
-                .await?
+                .await
+            {
+                *recorded = Some(format!("{e:#}"));
+            }
         }
         Ok(SlotOutcome::TakenElsewhere) => {}
         Err(e) => {

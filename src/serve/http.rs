@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::backup::manifest::Kind;
 use crate::context::OpContext;
-use crate::ops::backup::{take, BackupOptions};
+use crate::ops::backup::{back_up, BackupOptions};
 use crate::ops::list::list;
 use crate::ops::Workspace;
 use axum::body::Bytes;
@@ -192,26 +192,16 @@ async fn back_up_now(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Byt
             "a backup asked for over HTTP is still running; wait for its answer",
         );
     };
+    let options = BackupOptions {
+        kind: Kind::Manual,
+        tables: request.tables,
+        label: request.label,
+        target_revision: None,
+        every_schema: false,
+    };
     let taken = async {
-        let db = ws.database()?;
         let store = ws.store().await?;
-        let config = ws.config();
-        let options = BackupOptions {
-            kind: Kind::Manual,
-            tables: request.tables,
-            label: request.label,
-            target_revision: None,
-            every_schema: false,
-        };
-        take(
-            &db,
-            &config.database,
-            &config.backup,
-            &*store,
-            &options,
-            &d.op.child(),
-        )
-        .await
+        back_up(&ws, &*store, &options, &d.op.child()).await
     }
     .await;
     match taken {

@@ -67,6 +67,7 @@ pub struct Metrics {
     runs: Family<Run, Counter>,
     failures: Family<Failure, Counter>,
     missed: Family<Schedule, Counter>,
+    unrecorded: Family<Schedule, Counter>,
     bytes: Family<Schedule, Counter>,
     rows: Family<Schedule, Counter>,
     in_store: Gauge,
@@ -83,6 +84,7 @@ impl Metrics {
             runs: Family::default(),
             failures: Family::default(),
             missed: Family::default(),
+            unrecorded: Family::default(),
             bytes: Family::default(),
             rows: Family::default(),
             in_store: Gauge::default(),
@@ -113,6 +115,11 @@ impl Metrics {
             "backstop_schedule_missed_slots",
             "Slots that passed while no instance ran",
             m.missed.clone(),
+        );
+        registry.register(
+            "backstop_schedule_unrecorded_runs",
+            "Slots backed up whose record in the database could not be written",
+            m.unrecorded.clone(),
         );
         registry.register(
             "backstop_schedule_next_run_timestamp_seconds",
@@ -155,6 +162,7 @@ impl Metrics {
                 schedule: s.clone(),
             };
             let _ = self.missed.get_or_create(&label);
+            let _ = self.unrecorded.get_or_create(&label);
             let _ = self.bytes.get_or_create(&label);
             let _ = self.rows.get_or_create(&label);
         }
@@ -195,6 +203,14 @@ impl Metrics {
             schedule: schedule.to_string(),
         };
         self.missed.get_or_create(&label).inc_by(n);
+    }
+
+    /// A slot backed up whose record could not be written: the backup counts as a success.
+    pub fn unrecorded(&self, schedule: &str) {
+        let label = Schedule {
+            schedule: schedule.to_string(),
+        };
+        self.unrecorded.get_or_create(&label).inc();
     }
 
     /// A slot backed up.

@@ -290,7 +290,14 @@ impl Job {
                 bytes,
                 pruned,
                 kept,
+                recorded,
             }) => {
+                if let Some(why) = recorded {
+                    metrics.unrecorded(name);
+                    tracing::warn!(
+                        "schedule {name}: slot {slot} was backed up as {backup_id}, but its record could not be written ({why}); the backup is good, and the slot may show as running"
+                    );
+                }
                 metrics.succeeded(
                     name,
                     &super::metrics::Success {

@@ -410,3 +410,107 @@ async fn a_run_longer_than_its_interval_does_not_overlap_and_the_slots_it_outlas
     assert_eq!(crate::serve::scheduled_backups(&p).len(), 2);
     loops.stop().await;
 }
+
+#[tokio::test]
+async fn a_slot_due_during_a_migration_waits_fails_on_the_lock_and_the_next_runs() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let mut p = project(
+        &db,
+        &store,
+        "name = \"often\"\ncron = \"0 * * * * *\"\ncatch_up = \"none\"",
+    )
+    .await;
+    p.set_database_extra("migration_lock_timeout_secs = 1");
+    let parsed =
+        backstop::pg::Database::parse(&db.url, &backstop::config::DatabaseConfig::default())
+            .unwrap();
+    let key = backstop::pg::lock::MigrationLock::key(&parsed, "public");
+    // A migration (here, its lock) is under way.
+    let migrating = db.client().await;
+    migrating
+        .query_one("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(utc("2026-06-01T09:59:30Z")));
+    let loops = start(&p, &clock, "a");
+    settled(&clock, 1, 0).await;
+    move_to(&clock, utc("2026-06-01T10:00:00Z"), 1).await;
+    let c = db.client().await;
+    let failed: Vec<(String, String)> = c
+        .query(
+            "SELECT state, error FROM backstop_schedule_slots ORDER BY slot",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].0, "failed");
+    assert!(failed[0].1.contains("migration lock"), "{failed:?}");
+    assert!(
+        crate::serve::scheduled_backups(&p).is_empty(),
+        "a backup ran during the migration"
+    );
+    migrating
+        .query_one("SELECT pg_advisory_unlock($1)", &[&key])
+        .await
+        .unwrap();
+    move_to(&clock, utc("2026-06-01T10:01:00Z"), 1).await;
+    assert_eq!(
+        slots(&db, "often").await.last(),
+        Some(&(utc("2026-06-01T10:01:00Z"), "done".to_string()))
+    );
+    assert_eq!(crate::serve::scheduled_backups(&p).len(), 1);
+    loops.stop().await;
+}
+
+#[tokio::test]
+async fn a_record_that_cannot_be_written_after_a_good_backup_is_not_a_failed_slot() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let p = project(
+        &db,
+        &store,
+        "name = \"often\"\ncron = \"0 * * * * *\"\ncatch_up = \"none\"",
+    )
+    .await;
+    let clock = Arc::new(ManualClock::new(utc("2026-06-01T09:59:30Z")));
+    let loops = start(&p, &clock, "a");
+    settled(&clock, 1, 0).await;
+    // The slot's row can be claimed but not marked done (a fault, injected by a trigger).
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION refuse_done() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN IF NEW.state = 'done' THEN RAISE 'no room to record'; END IF; RETURN NEW; END $$;
+             CREATE TRIGGER refuse_done BEFORE UPDATE ON backstop_schedule_slots
+               FOR EACH ROW EXECUTE FUNCTION refuse_done();",
+        )
+        .await
+        .unwrap();
+    move_to(&clock, utc("2026-06-01T10:00:00Z"), 1).await;
+    assert_eq!(
+        crate::serve::scheduled_backups(&p).len(),
+        1,
+        "the backup exists"
+    );
+    let status = &loops.metrics.status()["often"];
+    assert_eq!(status.last_result.as_deref(), Some("success"), "{status:?}");
+    let metrics = loops.metrics.encode();
+    let sample = |series: &str| crate::serve::http::sample(&metrics, series);
+    assert_eq!(
+        sample("backstop_schedule_runs_total{schedule=\"often\",result=\"success\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample("backstop_schedule_unrecorded_runs_total{schedule=\"often\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("result=\"failure\"} 1"), "{metrics}");
+    loops.stop().await;
+}

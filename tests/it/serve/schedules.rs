@@ -169,51 +169,6 @@ fn the_systemd_unit_verifies_and_is_sandboxed() {
 }
 
 #[tokio::test]
-async fn scheduled_backups_wait_for_migrations_and_never_interleave() {
-    let store = TestStore::dir();
-    let db = TestDb::new().await;
-    let mut p = scheduled(&db, &store).await;
-    p.set_database_extra("migration_lock_timeout_secs = 1");
-    let parsed =
-        backstop::pg::Database::parse(&db.url, &backstop::config::DatabaseConfig::default())
-            .unwrap();
-    let key = backstop::pg::lock::MigrationLock::key(&parsed, "public");
-    // A migration (here, its lock) is under way.
-    let migrating = db.client().await;
-    migrating
-        .query_one("SELECT pg_advisory_lock($1)", &[&key])
-        .await
-        .unwrap();
-    let child = start(&p);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(
-        scheduled_backups(&p).is_empty(),
-        "a backup ran during the migration"
-    );
-    migrating
-        .query_one("SELECT pg_advisory_unlock($1)", &[&key])
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let (code, stderr) = stop(child);
-    assert_eq!(code, Some(0), "{stderr}");
-    let c = db.client().await;
-    let failed: i64 = c
-        .query_one(
-            "SELECT count(*) FROM backstop_schedule_slots WHERE state = 'failed' AND error LIKE '%migration lock%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(failed >= 1, "{stderr}");
-    assert!(
-        !scheduled_backups(&p).is_empty(),
-        "no backup after the migration ended\n{stderr}"
-    );
-}
-
-#[tokio::test]
 async fn what_no_retry_can_cure_stops_serve_at_start_and_a_missing_table_does_not() {
     let store = TestStore::dir();
     let db = TestDb::new().await;
@@ -300,4 +255,63 @@ async fn what_no_retry_can_cure_stops_serve_at_start_and_a_missing_table_does_no
     let (code, stderr) = stop(child);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("names table \"later\""), "{stderr}");
+}
+
+#[tokio::test]
+async fn manual_backups_wait_for_migrations_too_and_sigterm_ends_a_wait_for_the_lock() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let mut p = scheduled(&db, &store).await;
+    p.set_database_extra("migration_lock_timeout_secs = 1");
+    let parsed =
+        backstop::pg::Database::parse(&db.url, &backstop::config::DatabaseConfig::default())
+            .unwrap();
+    let key = backstop::pg::lock::MigrationLock::key(&parsed, "public");
+    let migrating = db.client().await;
+    migrating
+        .query_one("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .unwrap();
+    // `backstop backup` during a migration: refused after the wait, nothing stored.
+    let r = p.run(&["backup"]);
+    assert_ne!(r.code, 0, "{r}");
+    assert!(r.stderr.contains("migration lock"), "{r}");
+    let (_, v) = p.json(&["backups", "list"]);
+    assert!(v["backups"].as_array().unwrap().is_empty(), "{v}");
+
+    // A slot waiting for the lock (a long wait now) ends at SIGTERM, cleanly.
+    p.set_database_extra("migration_lock_timeout_secs = 600");
+    let child = start(&p);
+    let c = db.client().await;
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: i64 = c
+            .query_one(
+                "SELECT count(*) FROM backstop_schedule_slots WHERE state = 'running'",
+                &[],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no slot started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, stderr) = stop(child);
+    assert_eq!(
+        code,
+        Some(0),
+        "the wait ended with the signal, not the grace: {stderr}"
+    );
+    assert!(!stderr.contains("was abandoned"), "{stderr}");
+    migrating
+        .query_one("SELECT pg_advisory_unlock($1)", &[&key])
+        .await
+        .unwrap();
+    p.ok(&["backup"]);
 }

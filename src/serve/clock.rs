@@ -59,7 +59,9 @@ impl ManualClock {
     }
 
     pub fn advance(&self, by: chrono::TimeDelta) {
-        self.set(*self.now.borrow() + by);
+        // Read, then set: the read guard must be gone before the write.
+        let now = *self.now.borrow();
+        self.set(now + by);
     }
 
     /// How many sleeps are waiting on this clock: a loop that sleeps is idle, so a test can

@@ -7,15 +7,17 @@
 //!   and [`serve`], the daemon (schedule loops on a given clock, HTTP, metrics, webhooks,
 //!   systemd notification), which `backstop serve` starts and tests drive in-process.
 //! - [`ops`]: one module per operation (upgrade, downgrade, stamp, backup, restore, verify,
-//!   prune, list, schema, rollback-test). Each plans, then executes, and returns a
-//!   serialisable report; [`ops::Workspace`] opens what the configuration names.
+//!   prune, list, schema, rollback-test, one scheduled slot, config check). Each plans,
+//!   then executes, and returns a serialisable report; [`ops::Workspace`] opens what the
+//!   configuration names.
 //! - Domain: [`migrate`] (migration files, targets, status, plans, running a step),
 //!   [`protect`] (what a downgrade destroys), [`backup`] (the one export path, manifests,
 //!   reading objects back, the store's catalog, verification, retention), [`restore`]
 //!   (restore plans and loads), [`schema`] (snapshots and their differences), [`fixture`]
 //!   (generated rows for rollback-test), [`schedule`] (cron expressions in time zones, and
 //!   their slots).
-//! - Infrastructure: [`ledger`] (the only reader and writer of backstop's own tables),
+//! - Infrastructure: [`ledger`] (the only reader and writer of backstop's own tables and
+//!   of the migration tools' own),
 //!   [`pg`] (connections, TLS, session settings, catalog queries, the migration lock),
 //!   [`store`] (the object-store trait, its directory and S3 backends, a fault-injecting
 //!   wrapper for tests).

@@ -1,7 +1,8 @@
 //! `downgrade TARGET`: revert migrations, backing up first what the down SQL destroys.
 //!
 //! Guarantee 1: plan (the down SQL in a savepoint, the catalog compared), lock what it
-//! touches, export from that same transaction and write the manifest, then run the down
+//! touches and plan again under the locks (the down SQL runs in a savepoint two or three
+//! times before it runs for real: see `protect::plan`), export from that same transaction and write the manifest, then run the down
 //! SQL and the bookkeeping, all in one transaction; any failure rolls everything back. A
 //! step that cannot run in a transaction cannot be planned in a savepoint: then every table
 //! of the schema is backed up first and the steps run one by one.

@@ -151,3 +151,69 @@ async fn config_check_names_every_problem_at_once() {
     assert_eq!(r.code, 0, "{r}");
     assert!(r.stdout.contains("configuration OK (1 schedule(s))"), "{r}");
 }
+
+/// Every key path of a TOML document (`database.url`, `schedule.name`), arrays of tables
+/// read through.
+fn key_paths(v: &toml::Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.insert(path.clone());
+                key_paths(v, &path, out);
+            }
+        }
+        toml::Value::Array(items) => {
+            for item in items.iter().filter(|i| i.is_table()) {
+                key_paths(item, prefix, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn the_example_config_shows_every_key_of_the_config_tree() {
+    let text = std::fs::read_to_string(repo_root().join("config/backstop.example.toml")).unwrap();
+    // A key shown commented out (`# token = "..."`) counts as shown.
+    let uncommented: Vec<&str> = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest.split_once(" = ").is_some_and(|(k, _)| {
+                    !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                }) =>
+            {
+                rest
+            }
+            _ => l,
+        })
+        .collect();
+    let uncommented = uncommented.join("\n");
+    // Every key the example shows is one the configuration has (unknown keys are refused)...
+    let parsed: backstop::config::Config = toml::from_str(&uncommented)
+        .unwrap_or_else(|e| panic!("the example, its keys uncommented, does not parse: {e}"));
+    let mut shown = std::collections::BTreeSet::new();
+    key_paths(&toml::from_str(&uncommented).unwrap(), "", &mut shown);
+    // ...and every key the configuration has (secrets aside, which never serialise) is shown.
+    let mut tree = std::collections::BTreeSet::new();
+    key_paths(&toml::Value::try_from(&parsed).unwrap(), "", &mut tree);
+    let missing: Vec<&String> = tree.difference(&shown).collect();
+    assert!(
+        missing.is_empty(),
+        "keys the example does not show: {missing:?}"
+    );
+    for key in [
+        "migrations.layout",
+        "migrations.command",
+        "server.token",
+        "notify.on_failure",
+    ] {
+        assert!(shown.contains(key), "{key} not shown");
+    }
+    assert!(tree.len() > 30, "{tree:?}");
+}

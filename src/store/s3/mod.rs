@@ -1,7 +1,8 @@
 //! The S3 backend (AWS or any S3-compatible service) through aws-sdk-s3.
 //!
-//! Uploads are multipart with bounded memory: parts of at least 8 MiB (larger when the
-//! expected size would need more than the 10,000 parts S3 allows), at most three in flight.
+//! Uploads are multipart with bounded memory: parts of at least 5 MiB, in whole MiB (larger
+//! when twice the expected size would need more than the 10,000 parts S3 allows), at most
+//! four in flight and 24 MiB of parts at once (see `upload.rs`).
 //! Small objects go up in a single PutObject. Any error, or dropping the upload unfinished,
 //! aborts the multipart upload so no orphaned parts are left to pay for.
 

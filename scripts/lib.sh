@@ -115,11 +115,19 @@ ensure_dbmate() {
   BACKSTOP_TEST_DBMATE="$dir/node_modules/.bin/dbmate"; export BACKSTOP_TEST_DBMATE
 }
 
-# Builds the release binary once; both scripts use it.
+# Builds the release binary once; the benchmark uses it.
 build_release() {
   log "building backstop (release)"
   cargo build --release --locked --quiet
   BACKSTOP="$ROOT/target/release/backstop"; export BACKSTOP
+}
+
+# Builds the binary in the profile `cargo test` uses, so the demo and the tests share one
+# build of every dependency (a cold release build first would double the wait).
+build_dev() {
+  log "building backstop"
+  cargo build --locked --quiet
+  BACKSTOP="$ROOT/target/debug/backstop"; export BACKSTOP
 }
 
 # The project's .venv (python3 -m venv), made once.

@@ -196,6 +196,17 @@ fn render(report: &MigrateReport) -> String {
             ));
         }
         render_protection(report, &mut s);
+        for r in &report.would_restore {
+            s.push_str(&format!(
+                "would restore backup {} after {}: {}\n",
+                r.backup_id,
+                r.after,
+                r.tables.join(", ")
+            ));
+        }
+        for n in &report.notes {
+            s.push_str(&format!("note: {n}\n"));
+        }
         return s;
     }
     render_protection(report, &mut s);

@@ -57,6 +57,16 @@ pub struct Restored {
     pub warnings: Vec<String>,
 }
 
+/// A backup `upgrade --restore` would load, and where.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedRestore {
+    pub backup_id: String,
+    /// The revision after which it loads (its downgrade started there).
+    pub after: String,
+    /// The tables it holds, as `backups show` names them.
+    pub tables: Vec<String>,
+}
+
 /// The outcome of `upgrade`/`downgrade`.
 #[derive(Debug, Clone, Serialize)]
 pub struct MigrateReport {
@@ -68,6 +78,9 @@ pub struct MigrateReport {
     pub current: String,
     pub protection: Option<Protection>,
     pub restored: Vec<Restored>,
+    /// For `upgrade --dry-run --restore`: the backups the upgrade would load, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub would_restore: Vec<PlannedRestore>,
     /// What the user should know about the run (nothing to restore, records closed).
     pub notes: Vec<String>,
 }
@@ -341,6 +354,7 @@ impl Migrator {
             applied: Vec::new(),
             protection: None,
             restored: Vec::new(),
+            would_restore: Vec::new(),
             notes: adopted.into_iter().collect(),
         })
     }

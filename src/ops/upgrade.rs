@@ -5,7 +5,7 @@
 use anyhow::Context;
 use tokio_postgres::{Client, Transaction};
 
-use super::migration::{MigrateReport, Migrator, Restored};
+use super::migration::{MigrateReport, Migrator, PlannedRestore, Restored};
 use crate::backup::manifest::Kind;
 use crate::context::OpContext;
 use crate::error::usage;
@@ -43,7 +43,25 @@ pub async fn upgrade(
         let mut report = m
             .prepare(client, &target, options.allow_drift, options.dry_run)
             .await?;
-        if options.dry_run || report.plan.steps.is_empty() {
+        if report.plan.steps.is_empty() {
+            return Ok(report);
+        }
+        if options.dry_run {
+            // The restore plan exists before anything runs, so a dry run can show it.
+            if let Some(which) = &options.restore {
+                let stages = restore_stages(m, client, &mut report, which).await?;
+                let store = m.store()?;
+                for stage in &stages {
+                    if let Some(backup) = &stage.backup {
+                        let manifest = load_manifest(store, &backup.backup_id).await?;
+                        report.would_restore.push(PlannedRestore {
+                            backup_id: manifest.id.clone(),
+                            after: report.plan.steps[stage.last].revision.clone(),
+                            tables: manifest.tables.iter().map(|t| manifest.label(t)).collect(),
+                        });
+                    }
+                }
+            }
             return Ok(report);
         }
         m.ledger().ensure(&*client).await?;
@@ -68,18 +86,16 @@ pub async fn upgrade(
     .await
 }
 
-async fn with_restore(
+/// Which open pre-downgrade backups load after which steps (`which`: `latest` or an id).
+async fn restore_stages(
     m: &Migrator,
-    client: &mut Client,
-    mut report: MigrateReport,
+    client: &Client,
+    report: &mut MigrateReport,
     which: &str,
-    skip: &[String],
-    ctx: &OpContext,
-) -> anyhow::Result<MigrateReport> {
+) -> anyhow::Result<Vec<Stage>> {
     let store = m.store()?;
     let from = report.plan.from.clone();
-    let ledger = m.ledger();
-    let records = ledger.downgrades_recorded(&*client).await?;
+    let records = m.ledger().downgrades_recorded(client).await?;
     let open: Vec<Candidate> = records
         .iter()
         .filter(|r| r.is_open())
@@ -115,10 +131,32 @@ async fn with_restore(
     let stages = stages(&revisions, from.as_deref(), &open, explicit.as_ref())?;
     if stages.iter().all(|s| s.backup.is_none()) {
         report.notes.push(format!(
-            "nothing to restore: no open pre-downgrade backup belongs at {}; the upgrade ran without restoring data",
-            from.as_deref().unwrap_or("(none)")
+            "nothing to restore: no open pre-downgrade backup belongs at {}; the upgrade {} without restoring data",
+            from.as_deref().unwrap_or("(none)"),
+            if report.dry_run { "would run" } else { "ran" }
         ));
     }
+    Ok(stages)
+}
+
+async fn with_restore(
+    m: &Migrator,
+    client: &mut Client,
+    mut report: MigrateReport,
+    which: &str,
+    skip: &[String],
+    ctx: &OpContext,
+) -> anyhow::Result<MigrateReport> {
+    let store = m.store()?;
+    let from = report.plan.from.clone();
+    let ledger = m.ledger();
+    let stages = restore_stages(m, client, &mut report, which).await?;
+    let revisions: Vec<String> = report
+        .plan
+        .steps
+        .iter()
+        .map(|s| s.revision.clone())
+        .collect();
     // Revisions this upgrade moves on from without putting their backup back.
     let left: Vec<Option<String>> = stages
         .iter()

@@ -114,6 +114,33 @@ async fn downgrade_backs_up_and_upgrade_restore_brings_everything_back() {
 
         let (_, l) = p.json(&["backups", "list"]);
         assert_eq!(l["backups"][0]["downgrade"], "downgrade committed", "{l}");
+        // A dry run says which backup would load where, and changes nothing.
+        let (code, dry) = p.json(&["upgrade", "--dry-run", "--restore"]);
+        assert_eq!(code, 0, "{dry}");
+        assert_eq!(dry["would_restore"][0]["backup_id"], id.as_str(), "{dry}");
+        assert_eq!(dry["would_restore"][0]["after"], "002_tags", "{dry}");
+        let mut would: Vec<&str> = dry["would_restore"][0]["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        would.sort();
+        assert_eq!(would, ["tags", "tasks"], "{dry}");
+        let r = p.ok(&["upgrade", "--dry-run", "--restore"]);
+        assert!(
+            r.stdout
+                .contains(&format!("would restore backup {id} after 002_tags")),
+            "{r}"
+        );
+        assert_eq!(
+            c.query_one("SELECT count(*) FROM backstop_migrations", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0),
+            1,
+            "the dry run applied nothing"
+        );
         let r = p.ok(&["upgrade", "--restore"]);
         assert!(r.stdout.contains(&format!("from backup {id}")), "{r}");
         let (_, l) = p.json(&["backups", "list"]);

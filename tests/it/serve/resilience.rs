@@ -298,12 +298,22 @@ async fn a_database_stopped_and_started_under_the_daemon_is_survived() {
     .await;
 
     cluster.stop();
+    // Until a slot has failed on the missing database (and readiness says so).
     let down = Instant::now();
-    let mut readiness = (0, String::new());
-    while down.elapsed() < Duration::from_secs(6) {
-        readiness = get(port, "/readyz");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let failed =
+        "backstop_schedule_failures_total{schedule=\"fast\",reason=\"database_unavailable\"}";
+    let readiness = loop {
+        let readiness = get(port, "/readyz");
+        let (_, metrics) = get(port, "/metrics");
+        if readiness.0 == 503 && sample(&metrics, failed).unwrap_or(0.0) >= 1.0 {
+            break readiness;
+        }
+        assert!(
+            down.elapsed() < Duration::from_secs(30),
+            "no failed slot while the database was down: {readiness:?}\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(child.try_wait().unwrap().is_none(), "serve exited");
     assert_eq!(readiness.0, 503, "{readiness:?}");
     assert!(readiness.1.contains("database"), "{readiness:?}");

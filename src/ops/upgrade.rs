@@ -188,9 +188,11 @@ async fn with_restore(
             )
         } else {
             format!(
-                "the database stays at revision {}, with the data of the backups before it restored; not restored yet: {} (`backstop restore ID` loads one by hand)",
+                "the database stays at revision {}, with the data of the backups before it restored; not restored yet: {} (`backstop backups list` shows them all; `backstop restore ID` loads one by hand)",
                 at.as_deref().unwrap_or("(none)"),
-                pending.join(", ")
+                crate::migrate::layout::list(
+                    &pending.iter().map(|id| id.to_string()).collect::<Vec<_>>()
+                )
             )
         };
         let items = match segment {

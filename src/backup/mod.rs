@@ -164,6 +164,22 @@ pub async fn export(
     specs: &[TableSpec],
     ctx: &OpContext,
 ) -> anyhow::Result<Manifest> {
+    // Values print the same whichever session the caller set up (guarantee 6).
+    let pinned = crate::pg::session::PinnedValues::pin(tx).await?;
+    let manifest = export_pinned(tx, db, workers, store, header, specs, ctx).await?;
+    pinned.restore(tx).await?;
+    Ok(manifest)
+}
+
+async fn export_pinned(
+    tx: &Transaction<'_>,
+    db: &Database,
+    workers: Option<Workers<'_>>,
+    store: &Store,
+    header: ManifestHeader,
+    specs: &[TableSpec],
+    ctx: &OpContext,
+) -> anyhow::Result<Manifest> {
     let identity = identity(tx).await?;
     // The manifest records the load order, for readers without backstop too.
     let oids: Vec<u32> = specs.iter().map(|s| s.oid).collect();

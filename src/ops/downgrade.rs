@@ -18,7 +18,6 @@ use crate::context::OpContext;
 use crate::error::{err, refused, Kind as ErrorKind, WithKind};
 use crate::migrate::{Direction, DownTarget, Target};
 use crate::pg::catalog::{data_tables_by_oid, sequence_state};
-use crate::pg::session::{EXPORT_SETTINGS, RESET_EXPORT_SETTINGS};
 use crate::pg::PgContext;
 use crate::protect::{self, spec_for, Loss};
 
@@ -120,9 +119,6 @@ async fn protected(
     if at_risk.is_empty() && planned.lost_sequences.is_empty() {
         tracing::info!("the downgrade destroys no rows, so it needs no backup");
     } else {
-        tx.batch_execute(EXPORT_SETTINGS)
-            .await
-            .pg(|| "pinning the export settings")?;
         let oids: Vec<u32> = at_risk.iter().map(|l| l.oid).collect();
         let described = describe(&tx, data_tables_by_oid(&tx, &oids).await?)
             .await
@@ -158,9 +154,6 @@ async fn protected(
         let manifest = export(&tx, &m.db, None, store, header, &specs, ctx)
             .await
             .map_err(backup_failed)?;
-        tx.batch_execute(RESET_EXPORT_SETTINGS)
-            .await
-            .pg(|| "restoring the session settings")?;
         tracing::info!("backed up {} table(s) as {}", specs.len(), manifest.id);
         protection.backup_id = Some(manifest.id);
     }

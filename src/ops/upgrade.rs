@@ -12,7 +12,6 @@ use crate::error::usage;
 use crate::ledger::Ledger;
 use crate::migrate::reapply::{stages, Candidate, Stage};
 use crate::migrate::{Direction, Target, UpTarget};
-use crate::pg::session::{EXPORT_SETTINGS, RESET_EXPORT_SETTINGS};
 use crate::pg::PgContext;
 use crate::restore::plan::plan;
 use crate::restore::{load, load_manifest, RestoreMode};
@@ -336,9 +335,6 @@ async fn load_backup(
             manifest.id
         ));
     }
-    tx.batch_execute(EXPORT_SETTINGS)
-        .await
-        .pg(|| "pinning the restore settings")?;
     let chosen = plan(&manifest, &[], skip)?;
     let loaded = load(
         tx,
@@ -351,9 +347,6 @@ async fn load_backup(
     )
     .await
     .context("skip a table with --restore-skip TABLE")?;
-    tx.batch_execute(RESET_EXPORT_SETTINGS)
-        .await
-        .pg(|| "restoring the session settings")?;
     ledger.mark_restored(tx, &manifest.id).await?;
     let mut skipped: Vec<String> = chosen.skipped.iter().map(|t| manifest.label(t)).collect();
     skipped.extend(loaded.skipped.iter().cloned());

@@ -8,17 +8,59 @@ use super::sql::quote_ident;
 use crate::config::DatabaseConfig;
 use crate::error::{err, Kind};
 
-/// The value settings of [`pin_session`] for one transaction (`SET LOCAL`), for exports and
-/// restores that run inside a migration's transaction.
-pub const EXPORT_SETTINGS: &str = "SET LOCAL DateStyle = ISO; SET LOCAL IntervalStyle = postgres;
-     SET LOCAL extra_float_digits = 3; SET LOCAL client_encoding = 'UTF8'; SET LOCAL bytea_output = 'hex';
-     SET LOCAL row_security = off";
+/// The settings that change how values print and parse (guarantee 6), with the values an
+/// export or a restore needs; [`pin_session`] sets the same for a session of its own.
+const VALUE_SETTINGS: [(&str, &str); 6] = [
+    ("DateStyle", "ISO"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+    ("client_encoding", "UTF8"),
+    ("bytea_output", "hex"),
+    ("row_security", "off"),
+];
 
-/// Puts the migration session's own settings back for the SQL that follows.
-pub const RESET_EXPORT_SETTINGS: &str =
-    "SET LOCAL DateStyle TO DEFAULT; SET LOCAL IntervalStyle TO DEFAULT;
-     SET LOCAL extra_float_digits TO DEFAULT; SET LOCAL bytea_output TO DEFAULT;
-     SET LOCAL row_security TO DEFAULT";
+/// The value settings pinned inside a caller's transaction (an export or a restore that runs
+/// within a migration's), until [`PinnedValues::restore`] puts back exactly what was there:
+/// the export and restore code own their settings, whoever calls them. A transaction that
+/// rolls back drops them anyway (`set_config(…, true)` is `SET LOCAL`).
+#[must_use = "restore() puts the caller's settings back"]
+pub struct PinnedValues {
+    previous: Vec<String>,
+}
+
+impl PinnedValues {
+    pub async fn pin(tx: &impl GenericClient) -> anyhow::Result<PinnedValues> {
+        let names: Vec<&str> = VALUE_SETTINGS.iter().map(|(n, _)| *n).collect();
+        let values: Vec<&str> = VALUE_SETTINGS.iter().map(|(_, v)| *v).collect();
+        let previous: Vec<String> = tx
+            .query_one(
+                "SELECT array_agg(pg_catalog.current_setting(n) ORDER BY i)
+                 FROM unnest($1::text[]) WITH ORDINALITY AS s(n, i)",
+                &[&names],
+            )
+            .await
+            .pg(|| "reading the session settings")?
+            .get(0);
+        set_local(tx, &names, &values).await?;
+        Ok(PinnedValues { previous })
+    }
+
+    pub async fn restore(self, tx: &impl GenericClient) -> anyhow::Result<()> {
+        let names: Vec<&str> = VALUE_SETTINGS.iter().map(|(n, _)| *n).collect();
+        let values: Vec<&str> = self.previous.iter().map(String::as_str).collect();
+        set_local(tx, &names, &values).await
+    }
+}
+
+async fn set_local(tx: &impl GenericClient, names: &[&str], values: &[&str]) -> anyhow::Result<()> {
+    tx.query_one(
+        "SELECT count(pg_catalog.set_config(n, v, true)) FROM unnest($1::text[], $2::text[]) AS s(n, v)",
+        &[&names, &values],
+    )
+    .await
+    .pg(|| "setting the value settings of an export or restore")?;
+    Ok(())
+}
 
 /// Pins the settings that change how values print and parse, as pg_dump does, so the CSV
 /// written by one session reads back identically in another (guarantee 6). Row-level

@@ -118,6 +118,22 @@ pub async fn load(
     earlier: &[String],
     ctx: &OpContext,
 ) -> anyhow::Result<Loaded> {
+    // Values parse the same whichever session the caller set up (guarantee 6).
+    let pinned = crate::pg::session::PinnedValues::pin(tx).await?;
+    let loaded = load_pinned(tx, store, manifest, plan, mode, earlier, ctx).await?;
+    pinned.restore(tx).await?;
+    Ok(loaded)
+}
+
+async fn load_pinned(
+    tx: &Transaction<'_>,
+    store: &Store,
+    manifest: &Manifest,
+    plan: &RestorePlan<'_>,
+    mode: RestoreMode,
+    earlier: &[String],
+    ctx: &OpContext,
+) -> anyhow::Result<Loaded> {
     ctx.observer()
         .begin("restore", plan.tables().map(|t| t.bytes).sum());
     let result = async {

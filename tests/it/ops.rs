@@ -376,3 +376,27 @@ async fn a_failed_export_stops_the_server_reading_the_table() {
     );
     assert_eq!(count(&c, "tasks").await, ROWS);
 }
+
+#[tokio::test]
+async fn an_export_or_restore_inside_a_transaction_puts_the_callers_settings_back() {
+    let db = TestDb::new().await;
+    let mut c = db.client().await;
+    let tx = c.transaction().await.unwrap();
+    tx.batch_execute(
+        "SET LOCAL DateStyle = 'SQL, DMY'; SET LOCAL extra_float_digits = 1;
+         SET LOCAL bytea_output = 'escape'; SET LOCAL IntervalStyle = 'iso_8601'",
+    )
+    .await
+    .unwrap();
+    let show = "SELECT current_setting('DateStyle') || ' ' || current_setting('extra_float_digits')
+                || ' ' || current_setting('bytea_output') || ' ' || current_setting('IntervalStyle')
+                || ' ' || current_setting('client_encoding') || ' ' || current_setting('row_security')";
+    let before: String = tx.query_one(show, &[]).await.unwrap().get(0);
+    let pinned = backstop::pg::session::PinnedValues::pin(&tx).await.unwrap();
+    let during: String = tx.query_one(show, &[]).await.unwrap().get(0);
+    assert_eq!(during, "ISO, DMY 3 hex postgres UTF8 off");
+    pinned.restore(&tx).await.unwrap();
+    let after: String = tx.query_one(show, &[]).await.unwrap().get(0);
+    assert_eq!(after, before);
+    assert_eq!(before, "SQL, DMY 1 escape iso_8601 UTF8 on");
+}

@@ -66,10 +66,7 @@ pub async fn describe_tables(
 ) -> anyhow::Result<Vec<TableSpec>> {
     let mut found = pg_catalog::data_tables(client, Schemas::One(schema)).await?;
     if !tables.is_empty() {
-        let named = |t: &String, r: &pg_catalog::Relation| {
-            let bare = t.strip_prefix(&format!("{schema}.")).unwrap_or(t);
-            bare == r.name || r.parent.as_deref() == Some(&format!("{schema}.{bare}"))
-        };
+        let named = |t: &String, r: &pg_catalog::Relation| r.is_named(t, schema);
         let missing: Vec<&str> = tables
             .iter()
             .filter(|t| !found.iter().any(|f| named(t, f)))

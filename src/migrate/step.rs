@@ -139,15 +139,10 @@ impl StepRunner<'_> {
         let file = step.script.name.as_str();
         tracing::info!("{} {} ({file})", verb(direction), step.revision);
         let started = Instant::now();
+        // The failure keeps its chain (and kind); what it means for the database goes on top.
         let explain = |e: tokio_postgres::Error| -> anyhow::Error {
-            let after = if step.no_transaction {
-                "; it ran outside a transaction (backstop:no-transaction), so part of it may have been applied: check the schema by hand"
-            } else {
-                "; the step was rolled back"
-            };
-            let e = self.error(e, file, step);
-            let kind = crate::error::kind_of(&e);
-            err(kind, format!("{e:#}{after}"))
+            self.error(e, file, step)
+                .context("the step was rolled back")
         };
         if step.no_transaction {
             // One statement at a time: sent together, PostgreSQL would run them in one
@@ -157,12 +152,10 @@ impl StepRunner<'_> {
                     .batch_execute(statement.text(&step.sql))
                     .await
                     .map_err(|e| {
-                        let e = explain(e);
-                        let kind = crate::error::kind_of(&e);
-                        err(
-                            kind,
-                            format!("{e:#} (the statement at line {})", statement.line),
-                        )
+                        self.error(e, file, step).context(format!(
+                            "the statement at line {} failed outside a transaction (backstop:no-transaction), so the statements before it stay applied: check the schema by hand",
+                            statement.line
+                        ))
                     })?;
             }
             let tx = client

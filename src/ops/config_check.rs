@@ -152,11 +152,7 @@ pub async fn missing_tables(
     let tables = data_tables(&client, Schemas::One(schema)).await?;
     let mut problems = Vec::new();
     for (whose, table) in named {
-        let bare = table.strip_prefix(&format!("{schema}.")).unwrap_or(table);
-        let parent = format!("{schema}.{bare}");
-        let found = tables
-            .iter()
-            .any(|t| t.name == bare || t.parent.as_deref() == Some(&parent));
+        let found = tables.iter().any(|t| t.is_named(table, schema));
         if !found {
             problems.push(format!(
                 "{origin}: {whose} names table {table:?}, which is not in schema {schema} of {}",

@@ -91,6 +91,14 @@ impl Relation {
     pub fn display(&self) -> String {
         format!("{}.{}", self.schema, self.name)
     }
+
+    /// Whether `named` (as a user writes it in `[backup] tables`, a schedule or `--table`:
+    /// `name` or `schema.name`, in `schema`) means this table, or the partitioned table it
+    /// is a partition of: the one rule every place that matches names uses.
+    pub fn is_named(&self, named: &str, schema: &str) -> bool {
+        let bare = named.strip_prefix(&format!("{schema}.")).unwrap_or(named);
+        bare == self.name || self.parent.as_deref() == Some(&format!("{schema}.{bare}"))
+    }
 }
 
 /// User tables: ordinary and partitioned tables (`relkind` `r`, `p`) that are neither

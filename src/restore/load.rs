@@ -16,9 +16,9 @@ use crate::pg::catalog::{self, Relation};
 use crate::pg::{qualified, quote_ident, PgContext, PgError};
 use crate::store::Store;
 
-pub(super) struct Target<'a> {
-    pub(super) entry: &'a TableEntry,
-    pub(super) relation: Relation,
+struct Target<'a> {
+    entry: &'a TableEntry,
+    relation: Relation,
     qualified: String,
 }
 
@@ -190,7 +190,7 @@ pub async fn restore_tables(
                 .pg(|| format!("rebuilding index {index}"))?;
             rebuilt.push(index);
         }
-        let sequences = advance_sequences(tx, t).await?;
+        let sequences = advance_sequences(tx, &t.relation, t.entry).await?;
         enable_triggers(tx, t, &triggers).await?;
         report.push(TableRestored {
             table: manifest.label(t.entry),
@@ -206,7 +206,7 @@ pub async fn restore_tables(
             table: manifest.label(t.entry),
             rows: added,
             indexes_rebuilt: Vec::new(),
-            sequences: advance_sequences(tx, t).await?,
+            sequences: advance_sequences(tx, &t.relation, t.entry).await?,
         });
         match finish {
             Finish::AfterSeed => tracing::info!(

@@ -4,9 +4,8 @@
 
 use tokio_postgres::Transaction;
 
-use super::load::Target;
-use crate::backup::manifest::Manifest;
-use crate::pg::catalog;
+use crate::backup::manifest::{Manifest, TableEntry};
+use crate::pg::catalog::{self, Relation};
 use crate::pg::{qualified, quote_ident, PgContext};
 
 /// Moves each sequence owned by a column of the table (or of a table it is a partition
@@ -14,10 +13,11 @@ use crate::pg::{qualified, quote_ident, PgContext};
 /// whichever is largest.
 pub(super) async fn advance_sequences(
     tx: &Transaction<'_>,
-    t: &Target<'_>,
+    relation: &Relation,
+    entry: &TableEntry,
 ) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
-    for serial in catalog::serial_columns(tx, &t.relation).await? {
+    for serial in catalog::serial_columns(tx, relation).await? {
         let max: Option<i64> = tx
             .query_one(
                 &format!(
@@ -31,7 +31,7 @@ pub(super) async fn advance_sequences(
             .pg(|| format!("reading the largest {} of {}", serial.column, serial.owner))?
             .get(0);
         let mut floors: Vec<(i64, bool)> = max.map(|m| (m, true)).into_iter().collect();
-        if let Some(s) = t.entry.sequences.iter().find(|s| s.column == serial.column) {
+        if let Some(s) = entry.sequences.iter().find(|s| s.column == serial.column) {
             floors.push((s.last_value, s.is_called));
         }
         let (value, called) = advance(tx, &serial.sequence, &floors).await?;

@@ -5,7 +5,6 @@
 //! Only the schedule's time is the clock's: timeouts around database and store calls stay
 //! on tokio's own timer, so a test clock that stands still never makes them fire early.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -35,21 +34,27 @@ impl Clock for SystemClock {
     }
 }
 
+/// What the sleeps on a [`ManualClock`] are doing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Sleeps waiting right now: a loop that sleeps is idle.
+    pub asleep: usize,
+    /// Sleeps ever started: after a [`ManualClock::set`], a loop has reacted once it has
+    /// started a new one.
+    pub started: usize,
+}
+
 /// A clock that moves only when told: for tests of the schedule loops.
 pub struct ManualClock {
     now: watch::Sender<DateTime<Utc>>,
-    /// Sleepers waiting on the clock right now, for [`ManualClock::sleepers`].
-    waiting: std::sync::Arc<Mutex<usize>>,
-    /// Sleeps ever started, for [`ManualClock::sleeps`].
-    started: std::sync::atomic::AtomicUsize,
+    activity: std::sync::Arc<watch::Sender<Activity>>,
 }
 
 impl ManualClock {
     pub fn new(at: DateTime<Utc>) -> ManualClock {
         ManualClock {
             now: watch::Sender::new(at),
-            waiting: Default::default(),
-            started: Default::default(),
+            activity: std::sync::Arc::new(watch::Sender::new(Activity::default())),
         }
     }
 
@@ -64,16 +69,15 @@ impl ManualClock {
         self.set(now + by);
     }
 
-    /// How many sleeps are waiting on this clock: a loop that sleeps is idle, so a test can
-    /// tell "it has finished reacting" from "it has not started yet".
-    pub fn sleepers(&self) -> usize {
-        *self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn activity(&self) -> Activity {
+        *self.activity.borrow()
     }
 
-    /// How many sleeps have started so far: after [`set`](ManualClock::set), a loop has
-    /// reacted once it has started a new one.
-    pub fn sleeps(&self) -> usize {
-        self.started.load(std::sync::atomic::Ordering::SeqCst)
+    /// Waits until the sleeps on this clock are as `done` wants them (say: every loop
+    /// asleep again since the last move), without polling.
+    pub async fn until(&self, done: impl FnMut(&Activity) -> bool) {
+        let mut rx = self.activity.subscribe();
+        let _ = rx.wait_for(done).await;
     }
 }
 
@@ -87,11 +91,11 @@ impl Clock for ManualClock {
         // sleep lasts until the clock is next set, however far: `d` is the loop's business.
         let _ = d;
         let mut rx = self.now.subscribe();
-        let waiting = self.waiting.clone();
-        *waiting.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.started
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let guard = Waiting(waiting);
+        self.activity.send_modify(|a| {
+            a.asleep += 1;
+            a.started += 1;
+        });
+        let guard = Asleep(self.activity.clone());
         Box::pin(async move {
             let _guard = guard;
             // Any change wakes the sleeper: a jump back must be noticed as much as one
@@ -101,12 +105,13 @@ impl Clock for ManualClock {
     }
 }
 
-struct Waiting(std::sync::Arc<Mutex<usize>>);
+/// Counts a sleep out of [`Activity::asleep`] however it ends (woken, or dropped).
+struct Asleep(std::sync::Arc<watch::Sender<Activity>>);
 
-impl Drop for Waiting {
+impl Drop for Asleep {
     fn drop(&mut self) {
-        let mut n = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *n = n.saturating_sub(1);
+        self.0
+            .send_modify(|a| a.asleep = a.asleep.saturating_sub(1));
     }
 }
 
@@ -121,13 +126,19 @@ mod tests {
             .with_timezone(&Utc);
         let clock = std::sync::Arc::new(ManualClock::new(t0));
         let sleep = clock.sleep(Duration::from_secs(3600));
-        assert_eq!(clock.sleepers(), 1);
+        assert_eq!(clock.activity().asleep, 1);
         let woke = tokio::spawn(sleep);
         tokio::task::yield_now().await;
         assert!(!woke.is_finished());
         clock.advance(chrono::TimeDelta::seconds(10));
         woke.await.unwrap();
-        assert_eq!(clock.sleepers(), 0);
+        assert_eq!(
+            clock.activity(),
+            Activity {
+                asleep: 0,
+                started: 1
+            }
+        );
         assert_eq!(clock.now(), t0 + chrono::TimeDelta::seconds(10));
     }
 }

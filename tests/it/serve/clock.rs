@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use backstop::context::OpContext;
 use backstop::ops::Workspace;
+use backstop::serve::clock::Activity;
 use backstop::serve::metrics::Metrics;
 use backstop::serve::scheduler::{Scheduler, Shared};
 use backstop::serve::webhook::Webhooks;
@@ -80,23 +81,38 @@ impl Loops {
 /// started a sleep since `since` sleeps had started: every loop has reacted to the last
 /// move of the clock, and nothing is running.
 pub async fn settled(clock: &ManualClock, sleeping: usize, since: usize) {
-    let started = Instant::now();
-    while !(clock.sleepers() == sleeping && clock.sleeps() >= since + sleeping) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the loops did not settle: {} asleep, {} sleeps since the move",
-            clock.sleepers(),
-            clock.sleeps() - since
+    let done = |a: &Activity| a.asleep == sleeping && a.started >= since + sleeping;
+    if tokio::time::timeout(Duration::from_secs(30), clock.until(done))
+        .await
+        .is_err()
+    {
+        panic!(
+            "the loops did not settle: {:?}, {since} sleeps before the move",
+            clock.activity()
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
 /// Moves the clock to `at` and waits until every loop has reacted.
 pub async fn move_to(clock: &ManualClock, at: DateTime<Utc>, sleeping: usize) {
-    let since = clock.sleeps();
+    let since = clock.activity().started;
     clock.set(at);
     settled(clock, sleeping, since).await;
+}
+
+/// The slots of `schedule` as `("10:00", "done")`, to compare with [`at_states`].
+async fn states_by_time(db: &TestDb, schedule: &str) -> Vec<(String, String)> {
+    slots(db, schedule)
+        .await
+        .into_iter()
+        .map(|(t, s)| (t.format("%H:%M").to_string(), s))
+        .collect()
+}
+
+fn at_states(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 async fn slots(db: &TestDb, schedule: &str) -> Vec<(DateTime<Utc>, String)> {
@@ -192,19 +208,9 @@ async fn a_clock_that_jumps_forward_records_the_slots_it_jumped_and_one_that_jum
     // NTP steps the clock four hours ahead: the 11:00 slot runs late, 12:00 to 13:00 were
     // jumped over and are recorded as missed, 14:00 is the next.
     move_to(&clock, utc("2026-06-01T14:10:00Z"), 1).await;
-    let states = |rows: Vec<(DateTime<Utc>, String)>| -> Vec<(String, String)> {
-        rows.into_iter()
-            .map(|(t, s)| (t.format("%H:%M").to_string(), s))
-            .collect()
-    };
-    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
-        v.iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    };
     assert_eq!(
-        states(slots(&db, "hourly").await),
-        pairs(&[
+        states_by_time(&db, "hourly").await,
+        at_states(&[
             ("10:00", "done"),
             ("11:00", "done"),
             ("12:00", "missed"),
@@ -222,7 +228,7 @@ async fn a_clock_that_jumps_forward_records_the_slots_it_jumped_and_one_that_jum
     move_to(&clock, utc("2026-06-01T13:00:00Z"), 1).await;
     assert_eq!(slots(&db, "hourly").await.len(), 5);
     move_to(&clock, utc("2026-06-01T15:00:00Z"), 1).await;
-    let got = states(slots(&db, "hourly").await);
+    let got = states_by_time(&db, "hourly").await;
     assert_eq!(got.last(), Some(&("15:00".to_string(), "done".to_string())));
     assert_eq!(got.len(), 6);
     // One backup per slot done (10:00, 11:00, 15:00), none for a slot run twice.
@@ -242,24 +248,18 @@ async fn slots_that_passed_with_no_instance_are_missed_and_the_latest_runs_once_
     first.stop().await;
     // Down from 10:00 to 13:30; then a new instance starts.
     clock.set(utc("2026-06-01T13:30:00Z"));
-    let since = clock.sleeps();
+    let since = clock.activity().started;
     let second = start(&p, &clock, "b");
     settled(&clock, 1, since).await;
-    let got: Vec<(String, String)> = slots(&db, "hourly")
-        .await
-        .into_iter()
-        .map(|(t, s)| (t.format("%H:%M").to_string(), s))
-        .collect();
-    let want: Vec<(String, String)> = [
-        ("10:00", "done"),
-        ("11:00", "missed"),
-        ("12:00", "missed"),
-        ("13:00", "done"),
-    ]
-    .iter()
-    .map(|(a, b)| (a.to_string(), b.to_string()))
-    .collect();
-    assert_eq!(got, want);
+    assert_eq!(
+        states_by_time(&db, "hourly").await,
+        at_states(&[
+            ("10:00", "done"),
+            ("11:00", "missed"),
+            ("12:00", "missed"),
+            ("13:00", "done"),
+        ])
+    );
     second.stop().await;
 }
 
@@ -382,25 +382,23 @@ async fn a_run_longer_than_its_interval_does_not_overlap_and_the_slots_it_outlas
     // Precondition: the backup really waits for the table, and no second run starts.
     clock.set(utc("2026-06-01T10:03:30Z"));
     tokio::task::yield_now().await;
-    assert_eq!(clock.sleepers(), 0, "the loop is in its run, not asleep");
-    let since = clock.sleeps();
+    assert_eq!(
+        clock.activity().asleep,
+        0,
+        "the loop is in its run, not asleep"
+    );
+    let since = clock.activity().started;
     tx.rollback().await.unwrap();
     settled(&clock, 1, since).await;
-    let got: Vec<(String, String)> = slots(&db, "often")
-        .await
-        .into_iter()
-        .map(|(t, s)| (t.format("%H:%M").to_string(), s))
-        .collect();
-    let want: Vec<(String, String)> = [
-        ("10:00", "done"),
-        ("10:01", "missed"),
-        ("10:02", "missed"),
-        ("10:03", "missed"),
-    ]
-    .iter()
-    .map(|(a, b)| (a.to_string(), b.to_string()))
-    .collect();
-    assert_eq!(got, want);
+    assert_eq!(
+        states_by_time(&db, "often").await,
+        at_states(&[
+            ("10:00", "done"),
+            ("10:01", "missed"),
+            ("10:02", "missed"),
+            ("10:03", "missed"),
+        ])
+    );
     // The schedule goes on with the next slot.
     move_to(&clock, utc("2026-06-01T10:04:00Z"), 1).await;
     assert_eq!(
@@ -422,16 +420,8 @@ async fn a_slot_due_during_a_migration_waits_fails_on_the_lock_and_the_next_runs
     )
     .await;
     p.set_database_extra("migration_lock_timeout_secs = 1");
-    let parsed =
-        backstop::pg::Database::parse(&db.url, &backstop::config::DatabaseConfig::default())
-            .unwrap();
-    let key = backstop::pg::lock::MigrationLock::key(&parsed, "public");
     // A migration (here, its lock) is under way.
-    let migrating = db.client().await;
-    migrating
-        .query_one("SELECT pg_advisory_lock($1)", &[&key])
-        .await
-        .unwrap();
+    let (migrating, key) = crate::serve::hold_migration_lock(&db).await;
     let clock = Arc::new(ManualClock::new(utc("2026-06-01T09:59:30Z")));
     let loops = start(&p, &clock, "a");
     settled(&clock, 1, 0).await;

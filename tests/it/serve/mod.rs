@@ -31,6 +31,21 @@ pub async fn scheduled(db: &TestDb, store: &TestStore) -> Project {
     p
 }
 
+/// Takes the migration lock of `db`'s public schema, as a running migration holds it:
+/// the session holding it, and its key for `pg_advisory_unlock`.
+pub async fn hold_migration_lock(db: &TestDb) -> (tokio_postgres::Client, i64) {
+    let parsed =
+        backstop::pg::Database::parse(&db.url, &backstop::config::DatabaseConfig::default())
+            .unwrap();
+    let key = backstop::pg::lock::MigrationLock::key(&parsed, "public");
+    let migrating = db.client().await;
+    migrating
+        .query_one("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .unwrap();
+    (migrating, key)
+}
+
 /// A free loopback port for one daemon's HTTP side.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -265,15 +265,8 @@ async fn manual_backups_wait_for_migrations_too_and_sigterm_ends_a_wait_for_the_
     let db = TestDb::new().await;
     let mut p = scheduled(&db, &store).await;
     p.set_database_extra("migration_lock_timeout_secs = 1");
-    let parsed =
-        backstop::pg::Database::parse(&db.url, &backstop::config::DatabaseConfig::default())
-            .unwrap();
-    let key = backstop::pg::lock::MigrationLock::key(&parsed, "public");
-    let migrating = db.client().await;
-    migrating
-        .query_one("SELECT pg_advisory_lock($1)", &[&key])
-        .await
-        .unwrap();
+    // A migration (here, its lock) is under way.
+    let (migrating, key) = crate::serve::hold_migration_lock(&db).await;
     // `backstop backup` during a migration: refused after the wait, nothing stored.
     let r = p.run(&["backup"]);
     assert_ne!(r.code, 0, "{r}");

@@ -65,6 +65,7 @@ impl Observer for Counting {
 pub struct OpContext {
     cancel: CancellationToken,
     observer: Arc<dyn Observer>,
+    row_values: bool,
 }
 
 impl Default for OpContext {
@@ -79,7 +80,20 @@ impl OpContext {
         OpContext {
             cancel: CancellationToken::new(),
             observer,
+            row_values: false,
         }
+    }
+
+    /// The same context, allowed (or not) to put row values in what it reports: only the
+    /// front end that was asked for them (`-v`) sets it, since row values are data.
+    pub fn with_row_values(mut self, on: bool) -> OpContext {
+        self.row_values = on;
+        self
+    }
+
+    /// Whether messages may quote row values.
+    pub fn row_values(&self) -> bool {
+        self.row_values
     }
 
     /// A context cancelled together with `self` (and cancellable alone), sharing the observer.
@@ -87,6 +101,7 @@ impl OpContext {
         OpContext {
             cancel: self.cancel.child_token(),
             observer: self.observer.clone(),
+            row_values: self.row_values,
         }
     }
 
@@ -95,6 +110,7 @@ impl OpContext {
         OpContext {
             cancel: self.cancel.clone(),
             observer,
+            row_values: self.row_values,
         }
     }
 

@@ -5,6 +5,7 @@ mod cli;
 
 use backstop::context::OpContext;
 use backstop::error::{kind_of, ExitCode};
+use backstop::pg::render;
 use clap::Parser;
 use cli::{run, Cli};
 
@@ -13,7 +14,8 @@ use cli::{run, Cli};
 const GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn run_until_interrupted(cli: Cli) -> anyhow::Result<cli::Output> {
-    let op = OpContext::default();
+    // Row values in PostgreSQL's messages (a duplicate key, a COPY line) only with -v.
+    let op = OpContext::default().with_row_values(cli.verbose > 0);
     let command = run(cli, op.clone());
     tokio::pin!(command);
     tokio::select! {
@@ -47,9 +49,8 @@ fn main() -> std::process::ExitCode {
         (false, _) => tracing::Level::TRACE,
     };
     cli::log::init(level, matches!(cli.command, cli::Command::Serve));
-    // Row values in PostgreSQL's messages (a duplicate key, a COPY line) only with -v.
-    backstop::pg::show_row_values(cli.verbose > 0);
     let json = cli.json;
+    let values = cli.verbose > 0;
     // One thread for all async work: compression and decompression run on blocking
     // threads, and keeping the connection tasks and the streams that read them on one thread
     // avoids a cross-thread wake-up per COPY batch (measured: S3 backups about 12% faster,
@@ -81,13 +82,13 @@ fn main() -> std::process::ExitCode {
             let code = kind.exit_code();
             if json {
                 let doc = serde_json::json!({
-                    "error": format!("{err:#}"),
+                    "error": render(&err, values),
                     "kind": kind,
                     "exit_code": code as u8,
                 });
                 println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
             }
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", render(&err, values));
             code
         }
     };

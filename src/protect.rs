@@ -20,12 +20,15 @@ use serde::Serialize;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Transaction;
 
+use anyhow::Context;
+
+use crate::backup::describe;
 use crate::backup::export::{row_security_refusal, TableSpec};
-use crate::backup::manifest::{ColumnEntry, OnRestore, Scope};
+use crate::backup::manifest::{ColumnEntry, FreeSequenceEntry, OnRestore, Scope};
 use crate::error::{err, Kind};
 use crate::migrate::PlannedStep;
 use crate::pg::catalog::{
-    data_tables_by_oid, locked_relations, primary_key, storage_state, FreeSequence,
+    data_tables_by_oid, locked_relations, primary_key, sequence_state, storage_state, FreeSequence,
 };
 use crate::pg::session::TransactionGuard;
 use crate::pg::{PgContext, PgError};
@@ -53,7 +56,9 @@ impl Loss {
     }
 }
 
-/// What running the down SQL would do, found under locks that keep it true until it runs.
+/// What running the down SQL would do, and what to export before it does, found under
+/// locks that keep it true until it runs: the downgrade executes this value as it was
+/// printed (`--dry-run` prints it and rolls back).
 #[derive(Debug, Clone, Serialize)]
 pub struct DowngradePlan {
     pub losses: Vec<Loss>,
@@ -62,8 +67,19 @@ pub struct DowngradePlan {
     /// Every table the down SQL touches, locked against writes until the downgrade ends
     /// (`schema.table`, in lock order).
     pub locked: Vec<String>,
+    /// What the backup exports: the lost part of each table that has rows.
     #[serde(skip)]
-    pub lost_sequences: Vec<FreeSequence>,
+    pub export: Vec<TableSpec>,
+    /// The lost sequences with the state to put back.
+    #[serde(skip)]
+    pub export_sequences: Vec<FreeSequenceEntry>,
+}
+
+impl DowngradePlan {
+    /// Whether the downgrade destroys anything a backup has to keep.
+    pub fn needs_backup(&self) -> bool {
+        !self.export.is_empty() || !self.export_sequences.is_empty()
+    }
 }
 
 const DROPPED: &str = "table dropped";
@@ -84,14 +100,26 @@ pub async fn plan(tx: &Transaction<'_>, steps: &[PlannedStep]) -> anyhow::Result
             let mut losses = losses;
             widen_unmatchable(tx, &mut losses).await?;
             measure(tx, &mut losses).await?;
+            let export = export_specs(tx, &losses).await?;
+            let mut export_sequences = Vec::new();
+            for s in &lost_sequences {
+                let (last_value, is_called) = sequence_state(tx, &s.schema, &s.name).await?;
+                export_sequences.push(FreeSequenceEntry {
+                    schema: s.schema.clone(),
+                    name: s.name.clone(),
+                    last_value,
+                    is_called,
+                });
+            }
             return Ok(DowngradePlan {
                 sequences: lost_sequences
                     .iter()
                     .map(|s| format!("{}.{}", s.schema, s.name))
                     .collect(),
-                lost_sequences,
                 losses,
                 locked: names,
+                export,
+                export_sequences,
             });
         }
         for table in data_tables_by_oid(tx, &new).await? {
@@ -103,6 +131,26 @@ pub async fn plan(tx: &Transaction<'_>, steps: &[PlannedStep]) -> anyhow::Result
     anyhow::bail!(
         "the down SQL touched different tables each of the {PLAN_ROUNDS} times it was planned, so what it destroys cannot be pinned down; nothing was changed"
     )
+}
+
+/// The part of each table with rows that the backup must hold (tables the downgrade
+/// empties of nothing need no copy).
+async fn export_specs(tx: &Transaction<'_>, losses: &[Loss]) -> anyhow::Result<Vec<TableSpec>> {
+    let at_risk: Vec<&Loss> = losses.iter().filter(|l| l.rows.unwrap_or(0) > 0).collect();
+    if at_risk.is_empty() {
+        return Ok(Vec::new());
+    }
+    let oids: Vec<u32> = at_risk.iter().map(|l| l.oid).collect();
+    let described = describe(tx, data_tables_by_oid(tx, &oids).await?).await?;
+    let mut specs = Vec::new();
+    for loss in at_risk {
+        let whole = described
+            .iter()
+            .find(|s| s.schema == loss.schema && s.name == loss.table)
+            .context("a table vanished while planning")?;
+        specs.extend(spec_for(loss, whole));
+    }
+    Ok(specs)
 }
 
 /// Blocks writes to one table until the transaction ends; a wait past `lock_timeout` says
@@ -157,13 +205,8 @@ async fn run_in_savepoint(tx: &Transaction<'_>, steps: &[PlannedStep]) -> anyhow
             } else {
                 Kind::Internal
             };
-            ran = Err(err(
-                kind,
-                format!(
-                    "{} of {} failed{place}: {}",
-                    step.script.name, step.revision, pg.message
-                ),
-            ));
+            let what = format!("{} of {} failed{place}", step.script.name, step.revision);
+            ran = Err(anyhow::Error::new(pg).context(crate::error::Error::new(kind, what)));
             break;
         }
     }
@@ -293,7 +336,7 @@ async fn measure(tx: &Transaction<'_>, losses: &mut [Loss]) -> anyhow::Result<()
 
 /// The export spec for a loss: the whole table, or for a column-level loss the primary key
 /// plus the dropped columns; with how a re-upgrade puts it back.
-pub fn spec_for(loss: &Loss, whole: &TableSpec) -> Option<TableSpec> {
+fn spec_for(loss: &Loss, whole: &TableSpec) -> Option<TableSpec> {
     let mut spec = match loss.scope {
         Scope::Table => whole.clone(),
         Scope::Columns => column_spec(loss, whole)?,
@@ -313,7 +356,7 @@ pub fn spec_for(loss: &Loss, whole: &TableSpec) -> Option<TableSpec> {
 /// primary key, or the downgrade drops a key column (the re-upgrade would make new keys);
 /// [`plan`] already reports those as whole-table losses. `None` when nothing needs saving
 /// (only generated columns were dropped; they are recomputed).
-pub fn column_spec(loss: &Loss, whole: &TableSpec) -> Option<TableSpec> {
+fn column_spec(loss: &Loss, whole: &TableSpec) -> Option<TableSpec> {
     let key_dropped = whole.primary_key.iter().any(|k| loss.columns.contains(k));
     if whole.primary_key.is_empty() || key_dropped {
         return Some(whole.clone());

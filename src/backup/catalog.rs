@@ -13,7 +13,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::manifest::{check_backup_id, Manifest, MANIFEST_NAME};
-use crate::store::{ObjectInfo, Store};
+use crate::store::{is_not_found, ObjectInfo, Store};
 
 /// The object a backup in progress keeps fresh, so `prune` leaves its folder alone.
 pub const LEASE_NAME: &str = "lease.json";
@@ -83,6 +83,48 @@ pub struct Catalog {
     /// Folders whose manifest could not be read, with the reason.
     pub unreadable: Vec<(String, String)>,
 }
+
+/// Reads and validates a backup's manifest.
+pub async fn load_manifest(store: &Store, id: &str) -> anyhow::Result<Manifest> {
+    check_backup_id(id)?;
+    let key = Manifest::manifest_key(id);
+    let data = match store.get(&key).await {
+        Ok(d) => d,
+        Err(e) if is_not_found(&e) => {
+            let exists = store
+                .list(&format!("{id}/"))
+                .await
+                .map(|o| !o.is_empty())
+                .unwrap_or(false);
+            let why = if exists {
+                "it has no manifest, so it is an incomplete upload and cannot be restored"
+            } else {
+                "`backstop backups list` shows the backups there"
+            };
+            anyhow::bail!("no backup {id} in {} ({why})", store.describe());
+        }
+        Err(e) => {
+            return Err(e.context(format!(
+                "reading the manifest of backup {id} from {}",
+                store.describe()
+            )))
+        }
+    };
+    Manifest::parse(&data, id).map_err(|e| e.context(RefusedManifest(id.to_string())))
+}
+
+/// The manifest was read but refused (malformed, an unknown version, keys outside its
+/// backup): `verify` counts that as a failed check.
+#[derive(Debug)]
+pub struct RefusedManifest(pub String);
+
+impl std::fmt::Display for RefusedManifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "backup {} cannot be trusted as it is", self.0)
+    }
+}
+
+impl std::error::Error for RefusedManifest {}
 
 /// Reads every manifest in the store.
 pub async fn scan(store: &Store) -> anyhow::Result<Catalog> {

@@ -151,7 +151,7 @@ pub async fn downgrade(ctx: &Ctx, args: DowngradeArgs) -> anyhow::Result<Output>
 }
 
 pub async fn stamp(ctx: &Ctx, args: StampArgs) -> anyhow::Result<Output> {
-    let report = run_stamp(&ctx.workspace()?.migrator()?, &args.target).await?;
+    let report = run_stamp(&ctx.workspace()?.migrator()?, &args.target, &ctx.op()).await?;
     let text = format!(
         "stamped {}: {} -> {} (no SQL was run)\n",
         report.database,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_postgres::GenericClient;
 
+use crate::migrate::MigrationSet;
 use crate::pg::{qualified, PgContext};
 
 pub use crate::pg::catalog::{
@@ -138,11 +139,13 @@ impl Ledger {
 
     /// The current revision, or `None`: what Alembic's `alembic_version` holds when it
     /// holds one revision that the ledger agrees with (or the ledger is empty: a database
-    /// Alembic migrated), else the highest recorded revision by its number. Reads through
+    /// Alembic migrated), else the latest recorded revision in `set`'s order (by the number in
+    /// its name without a set, or for a revision the set lacks). Reads through
     /// `client`, so inside a snapshot if it is one.
     pub async fn recorded_revision(
         &self,
         client: &impl GenericClient,
+        set: Option<&MigrationSet>,
     ) -> anyhow::Result<Option<String>> {
         let applied = self.applied(client).await?.unwrap_or_default();
         if let Some(heads) = self.alembic_heads(client).await? {
@@ -152,11 +155,16 @@ impl Ledger {
                 }
             }
         }
-        let number = |r: &String| crate::migrate::layout::revision_number(r).unwrap_or(0);
+        // The folder's order when it is at hand (it is the order, whatever the names);
+        // else the number in the name, as the layouts read it.
+        let rank = |r: &str| match set.and_then(|s| s.position(r)) {
+            Some(p) => (1, p as u64),
+            None => (0, crate::migrate::layout::revision_number(r).unwrap_or(0)),
+        };
         Ok(applied
             .into_iter()
             .map(|r| r.revision)
-            .max_by(|a, b| number(a).cmp(&number(b)).then(a.cmp(b))))
+            .max_by(|a, b| rank(a).cmp(&rank(b)).then(a.cmp(b))))
     }
 
     /// Records `revision` as applied, inside the step's transaction.

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use serde::Serialize;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, GenericClient};
@@ -49,12 +50,10 @@ impl StepRunner<'_> {
             .map(|l| format!(" at line {l}"))
             .unwrap_or_default();
         if pg.code.as_ref() == Some(&SqlState::ACTIVE_SQL_TRANSACTION) {
-            anyhow::anyhow!(
-                "{file} of {} failed{place}: {}; it must run outside a transaction: {}",
-                step.revision,
-                pg.message,
-                step.script.no_transaction_hint
-            )
+            anyhow::Error::new(pg).context(format!(
+                "{file} of {} failed{place} (it must run outside a transaction: {})",
+                step.revision, step.script.no_transaction_hint
+            ))
         } else if pg.code.as_ref() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
             err(
                 Kind::LockHeld,
@@ -64,7 +63,7 @@ impl StepRunner<'_> {
                 ),
             )
         } else {
-            anyhow::anyhow!("{file} of {} failed{place}: {}", step.revision, pg.message)
+            anyhow::Error::new(pg).context(format!("{file} of {} failed{place}", step.revision))
         }
     }
 
@@ -107,7 +106,10 @@ impl StepRunner<'_> {
         Ok(())
     }
 
-    /// Runs a step and its bookkeeping inside the caller's transaction.
+    /// Runs a step and its bookkeeping inside the caller's transaction: the one way a
+    /// transactional step runs, whoever owns the transaction (a step alone, a downgrade, an
+    /// upgrade with restores). SQL that ends the transaction (a `COMMIT` in the script) is
+    /// caught before anything else runs.
     pub async fn run_in(
         &self,
         tx: &impl GenericClient,
@@ -121,9 +123,11 @@ impl StepRunner<'_> {
             step.revision,
             step.script.name
         );
+        let guard = TransactionGuard::start(tx).await?;
         tx.batch_execute(&step.sql)
             .await
             .map_err(|e| self.error(e, &step.script.name, step))?;
+        guard.check(tx, &self.what(step)).await?;
         self.record(tx, direction, step, started.elapsed()).await?;
         Ok(report(direction, step, started))
     }
@@ -137,14 +141,9 @@ impl StepRunner<'_> {
         step: &PlannedStep,
     ) -> anyhow::Result<StepReport> {
         let file = step.script.name.as_str();
-        tracing::info!("{} {} ({file})", verb(direction), step.revision);
-        let started = Instant::now();
-        // The failure keeps its chain (and kind); what it means for the database goes on top.
-        let explain = |e: tokio_postgres::Error| -> anyhow::Error {
-            self.error(e, file, step)
-                .context("the step was rolled back")
-        };
         if step.no_transaction {
+            tracing::info!("{} {} ({file})", verb(direction), step.revision);
+            let started = Instant::now();
             // One statement at a time: sent together, PostgreSQL would run them in one
             // implicit transaction, which CREATE INDEX CONCURRENTLY and VACUUM refuse.
             for statement in split(&step.sql) {
@@ -166,20 +165,21 @@ impl StepRunner<'_> {
             tx.commit()
                 .await
                 .pg(|| format!("recording {}", step.revision))?;
+            Ok(report(direction, step, started))
         } else {
             let tx = client
                 .transaction()
                 .await
                 .pg(|| format!("starting {}", step.revision))?;
-            let guard = TransactionGuard::start(&tx).await?;
-            tx.batch_execute(&step.sql).await.map_err(explain)?;
-            guard.check(&tx, &self.what(step)).await?;
-            self.record(&tx, direction, step, started.elapsed()).await?;
+            let done = self
+                .run_in(&tx, direction, step)
+                .await
+                .context("the step was rolled back")?;
             tx.commit()
                 .await
                 .pg(|| format!("committing {} ({file})", step.revision))?;
+            Ok(done)
         }
-        Ok(report(direction, step, started))
     }
 }
 

@@ -13,6 +13,7 @@ use crate::config::{BackupConfig, DatabaseConfig};
 use crate::context::OpContext;
 use crate::error::usage;
 use crate::ledger::Ledger;
+use crate::migrate::MigrationSet;
 use crate::pg::catalog::{data_tables, require_schema, Schemas};
 use crate::pg::lock::MigrationLock;
 use crate::pg::session::pin_session;
@@ -34,15 +35,18 @@ pub async fn back_up(
     let config = ws.config();
     let db = ws.database()?;
     let client = ctx.unless_cancelled(db.connect()).await?;
-    let lock = ctx
-        .unless_cancelled(MigrationLock::acquire(
-            &client,
-            &db,
-            &config.database.schema,
-            &config.database,
-        ))
+    let lock = MigrationLock::acquire(&client, &db, &config.database.schema, &config.database, ctx)
         .await?;
-    let taken = take(&db, &config.database, &config.backup, store, options, ctx).await;
+    let taken = take(
+        &db,
+        &config.database,
+        &config.backup,
+        store,
+        options,
+        None,
+        ctx,
+    )
+    .await;
     lock.release(&client).await;
     taken
 }
@@ -68,6 +72,7 @@ pub async fn take(
     config: &BackupConfig,
     store: &Store,
     options: &BackupOptions,
+    set: Option<&MigrationSet>,
     ctx: &OpContext,
 ) -> anyhow::Result<Manifest> {
     ctx.unless_cancelled(store.check()).await?;
@@ -101,7 +106,9 @@ pub async fn take(
         kind: options.kind,
         label: options.label.clone(),
         schema: settings.schema.clone(),
-        revision: Ledger::new(&settings.schema).recorded_revision(&tx).await?,
+        revision: Ledger::new(&settings.schema)
+            .recorded_revision(&tx, set)
+            .await?,
         target_revision: options.target_revision.clone(),
         zstd_level: config.zstd_level,
         sequences: Vec::new(),

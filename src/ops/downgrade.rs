@@ -12,14 +12,13 @@ use tokio_postgres::Client;
 
 use super::backup::{take, BackupOptions};
 use super::migration::{MigrateReport, Migrator, Protection};
-use crate::backup::manifest::{FreeSequenceEntry, Kind};
-use crate::backup::{describe, export, ManifestHeader};
+use crate::backup::manifest::Kind;
+use crate::backup::{export, ManifestHeader};
 use crate::context::OpContext;
-use crate::error::{err, refused, Kind as ErrorKind, WithKind};
+use crate::error::{Kind as ErrorKind, WithKind};
 use crate::migrate::{Direction, DownTarget, Target};
-use crate::pg::catalog::{data_tables_by_oid, sequence_state};
 use crate::pg::PgContext;
-use crate::protect::{self, spec_for, Loss};
+use crate::protect;
 
 /// What the user asked `downgrade` to do.
 #[derive(Debug, Clone)]
@@ -38,7 +37,7 @@ pub async fn downgrade(
     options: &DowngradeOptions,
     ctx: &OpContext,
 ) -> anyhow::Result<MigrateReport> {
-    m.locked(async |client| {
+    m.locked(ctx, async |client| {
         let target = Target::Down(options.target.clone());
         let mut report = m
             .prepare(client, &target, options.allow_drift, options.dry_run)
@@ -46,14 +45,21 @@ pub async fn downgrade(
         if report.plan.steps.is_empty() {
             return Ok(report);
         }
-        if !options.allow_data_loss {
-            if report.plan.steps.iter().any(|s| s.no_transaction) {
-                return after_full_backup(m, client, report, ctx).await;
-            }
+        let whole_schema = report.plan.steps.iter().any(|s| s.no_transaction);
+        if !options.allow_data_loss && !whole_schema {
+            // The plan is found inside the downgrade's transaction, under its locks; a dry
+            // run prints it and rolls back.
             return protected(m, client, report, ctx).await;
         }
         if options.dry_run {
+            report.protection = (!options.allow_data_loss).then(|| Protection {
+                whole_schema: true,
+                ..Protection::default()
+            });
             return Ok(report);
+        }
+        if !options.allow_data_loss {
+            return after_full_backup(m, client, report, ctx).await;
         }
         m.ledger().ensure(&*client).await?;
         m.run_steps(client, &mut report).await?;
@@ -62,12 +68,16 @@ pub async fn downgrade(
     .await
 }
 
-/// Why a failed backup refuses the downgrade, kept as the outermost kind.
+/// Why a failed backup refuses the downgrade, kept as the outermost kind over the cause;
+/// an interrupted backup stays an interruption.
 fn backup_failed(e: anyhow::Error) -> anyhow::Error {
-    err(
+    if crate::error::kind_of(&e) == ErrorKind::Interrupted {
+        return e.context("the downgrade was interrupted while backing up; nothing was changed");
+    }
+    e.context(crate::error::Error::new(
         ErrorKind::Refused,
-        format!("the downgrade was refused because its backup failed: {e:#}; nothing was changed"),
-    )
+        "the downgrade was refused because its backup failed; nothing was changed",
+    ))
 }
 
 async fn protected(
@@ -84,10 +94,13 @@ async fn protected(
             if crate::error::kind_of(&e) == ErrorKind::Interrupted {
                 return Err(e);
             }
-            return refused(format!(
-                "the downgrade needs a usable backup store and {} is not ({e:#}); nothing was changed",
-                store.describe()
-            ));
+            return Err(e.context(crate::error::Error::new(
+                ErrorKind::Refused,
+                format!(
+                    "the downgrade needs a usable backup store and {} is not; nothing was changed",
+                    store.describe()
+                ),
+            )));
         }
         ledger.ensure(&*client).await?;
     }
@@ -97,9 +110,13 @@ async fn protected(
         from.as_deref().unwrap_or("(none)")
     );
     let tx = client.transaction().await.pg(|| "starting the downgrade")?;
-    let planned = protect::plan(&tx, &report.plan.steps)
-        .await
-        .context(stays_at.clone())?;
+    // A lock wait (or a long down SQL) ends when the run is cancelled, and with it the
+    // locks the transaction holds.
+    let token = tx.cancel_token();
+    let planned =
+        m.db.unless_cancelled(ctx, token.clone(), protect::plan(&tx, &report.plan.steps))
+            .await
+            .context(stays_at.clone())?;
     let mut protection = Protection {
         losses: planned.losses.clone(),
         sequences: planned.sequences.clone(),
@@ -111,37 +128,9 @@ async fn protected(
         report.protection = Some(protection);
         return Ok(report); // dropping the transaction rolls it back
     }
-    let at_risk: Vec<&Loss> = planned
-        .losses
-        .iter()
-        .filter(|l| l.rows.unwrap_or(0) > 0)
-        .collect();
-    if at_risk.is_empty() && planned.lost_sequences.is_empty() {
+    if !planned.needs_backup() {
         tracing::info!("the downgrade destroys no rows, so it needs no backup");
     } else {
-        let oids: Vec<u32> = at_risk.iter().map(|l| l.oid).collect();
-        let described = describe(&tx, data_tables_by_oid(&tx, &oids).await?)
-            .await
-            .map_err(backup_failed)?;
-        let mut specs = Vec::new();
-        for loss in &at_risk {
-            let whole = described
-                .iter()
-                .find(|s| s.schema == loss.schema && s.name == loss.table)
-                .cloned()
-                .context("a table vanished while planning")?;
-            specs.extend(spec_for(loss, &whole));
-        }
-        let mut sequences = Vec::new();
-        for s in &planned.lost_sequences {
-            let (last_value, is_called) = sequence_state(&tx, &s.schema, &s.name).await?;
-            sequences.push(FreeSequenceEntry {
-                schema: s.schema.clone(),
-                name: s.name.clone(),
-                last_value,
-                is_called,
-            });
-        }
         let header = ManifestHeader {
             kind: Kind::PreDowngrade,
             label: None,
@@ -149,18 +138,26 @@ async fn protected(
             revision: from.clone(),
             target_revision: report.plan.to.clone(),
             zstd_level: m.backup.zstd_level,
-            sequences,
+            sequences: planned.export_sequences,
         };
-        let manifest = export(&tx, &m.db, None, store, header, &specs, ctx)
+        let manifest = export(&tx, &m.db, None, store, header, &planned.export, ctx)
             .await
             .map_err(backup_failed)?;
-        tracing::info!("backed up {} table(s) as {}", specs.len(), manifest.id);
+        tracing::info!(
+            "backed up {} table(s) as {}",
+            planned.export.len(),
+            manifest.id
+        );
         protection.backup_id = Some(manifest.id);
     }
     let runner = m.runner(&ledger);
     for step in &report.plan.steps {
-        let done = runner
-            .run_in(&tx, Direction::Down, step)
+        let done =
+            m.db.unless_cancelled(
+                ctx,
+                token.clone(),
+                runner.run_in(&tx, Direction::Down, step),
+            )
             .await
             .context(stays_at.clone())?;
         report.applied.push(done);
@@ -197,13 +194,6 @@ async fn after_full_backup(
         "{} cannot run in a transaction (backstop:no-transaction), so every table of every schema is backed up first; writes committed between that backup and the downgrade are not in it",
         names.join(", ")
     );
-    if report.dry_run {
-        report.protection = Some(Protection {
-            whole_schema: true,
-            ..Protection::default()
-        });
-        return Ok(report);
-    }
     let options = BackupOptions {
         kind: Kind::PreDowngrade,
         tables: Vec::new(),
@@ -215,9 +205,17 @@ async fn after_full_backup(
         tables: Vec::new(),
         ..m.backup.clone()
     };
-    let manifest = take(&m.db, &m.settings, &every_table, store, &options, ctx)
-        .await
-        .map_err(backup_failed)?;
+    let manifest = take(
+        &m.db,
+        &m.settings,
+        &every_table,
+        store,
+        &options,
+        Some(&m.set),
+        ctx,
+    )
+    .await
+    .map_err(backup_failed)?;
     let ledger = m.ledger();
     ledger.ensure(&*client).await?;
     let runner = m.runner(&ledger);

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::backup::catalog::load_manifest;
 use crate::backup::catalog::{scan, Catalog};
 use crate::backup::manifest::{Kind, Manifest};
 use crate::ledger::Ledger;
 use crate::pg::Database;
-use crate::restore::load_manifest;
 use crate::store::Store;
 
 /// What became of the downgrade a pre-downgrade backup was taken for.

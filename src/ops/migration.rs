@@ -9,6 +9,7 @@ use serde::Serialize;
 use tokio_postgres::{Client, GenericClient};
 
 use crate::config::{BackupConfig, DatabaseConfig};
+use crate::context::OpContext;
 use crate::error::refused;
 use crate::ledger::tool::ToolTable;
 use crate::ledger::{AppliedRow, Ledger};
@@ -315,11 +316,18 @@ impl Migrator {
     /// on every path (and by the server, with the connection, if the process dies).
     pub(crate) async fn locked<T>(
         &self,
+        ctx: &OpContext,
         work: impl AsyncFnOnce(&mut Client) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
-        let mut client = self.connect().await?;
-        let lock = MigrationLock::acquire(&client, &self.db, &self.settings.schema, &self.settings)
-            .await?;
+        let mut client = ctx.unless_cancelled(self.connect()).await?;
+        let lock = MigrationLock::acquire(
+            &client,
+            &self.db,
+            &self.settings.schema,
+            &self.settings,
+            ctx,
+        )
+        .await?;
         let result = work(&mut client).await;
         lock.release(&client).await;
         result

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::backup::catalog::load_manifest;
 use crate::backup::identity;
 use crate::config::DatabaseConfig;
 use crate::context::OpContext;
@@ -11,7 +12,7 @@ use crate::error::usage;
 use crate::pg::session::pin_session;
 use crate::pg::{Database, PgContext};
 use crate::restore::plan::plan;
-use crate::restore::{load, load_manifest, RestoreMode, TableRestored};
+use crate::restore::{load, RestoreMode, TableRestored};
 use crate::store::Store;
 
 /// What to restore.

@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::migration::Migrator;
+use crate::context::OpContext;
 use crate::migrate::plan::known;
 use crate::pg::PgContext;
 
@@ -16,7 +17,7 @@ pub struct StampReport {
 }
 
 /// Records `target` (a revision, `head` or `base`) as the current revision.
-pub async fn stamp(m: &Migrator, target: &str) -> anyhow::Result<StampReport> {
+pub async fn stamp(m: &Migrator, target: &str, ctx: &OpContext) -> anyhow::Result<StampReport> {
     let keep = match target {
         "base" => 0,
         "head" => m.set.migrations.len(),
@@ -25,14 +26,14 @@ pub async fn stamp(m: &Migrator, target: &str) -> anyhow::Result<StampReport> {
             m.set.position(rev).unwrap_or(0) + 1
         }
     };
-    m.locked(async |client| {
+    m.locked(ctx, async |client| {
         crate::pg::catalog::require_schema(&*client, &m.settings.schema).await?;
         let ledger = m.ledger();
         // A tool table that disagrees with the ledger is what a stamp settles.
         let previous = match m.status_with(&*client).await {
             Ok(status) => status.current,
             Err(e) if crate::error::kind_of(&e) == crate::error::Kind::Refused => {
-                ledger.recorded_revision(&*client).await?
+                ledger.recorded_revision(&*client, Some(&m.set)).await?
             }
             Err(e) => return Err(e),
         };

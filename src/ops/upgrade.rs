@@ -6,6 +6,7 @@ use anyhow::Context;
 use tokio_postgres::{Client, Transaction};
 
 use super::migration::{MigrateReport, Migrator, PlannedRestore, Restored};
+use crate::backup::catalog::load_manifest;
 use crate::backup::manifest::Kind;
 use crate::context::OpContext;
 use crate::error::usage;
@@ -14,7 +15,7 @@ use crate::migrate::reapply::{stages, Candidate, Stage};
 use crate::migrate::{Direction, Target, UpTarget};
 use crate::pg::PgContext;
 use crate::restore::plan::plan;
-use crate::restore::{load, load_manifest, RestoreMode};
+use crate::restore::{load, RestoreMode};
 use crate::store::Store;
 
 /// What the user asked `upgrade` to do.
@@ -37,7 +38,7 @@ pub async fn upgrade(
     ctx: &OpContext,
 ) -> anyhow::Result<MigrateReport> {
     m.require_migrations("upgrade")?;
-    m.locked(async |client| {
+    m.locked(ctx, async |client| {
         let target = Target::Up(options.target.clone());
         let mut report = m
             .prepare(client, &target, options.allow_drift, options.dry_run)
@@ -214,8 +215,12 @@ async fn with_restore(
             match item {
                 Item::Step(i) => {
                     let step = &report.plan.steps[*i];
-                    let done = runner
-                        .run_in(&tx, Direction::Up, step)
+                    let done =
+                        m.db.unless_cancelled(
+                            ctx,
+                            tx.cancel_token(),
+                            runner.run_in(&tx, Direction::Up, step),
+                        )
                         .await
                         .context(stays_at.clone())?;
                     report.applied.push(done);

@@ -4,9 +4,9 @@
 use serde::Serialize;
 
 use crate::backup::catalog::scan;
+use crate::backup::catalog::{load_manifest, RefusedManifest};
 use crate::backup::verify::{verify as verify_one, VerifyResult};
 use crate::context::OpContext;
-use crate::restore::{load_manifest, RefusedManifest};
 use crate::store::Store;
 
 /// Which backups to verify.

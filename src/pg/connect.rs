@@ -201,6 +201,27 @@ impl Database {
         }
     }
 
+    /// Runs a statement (a lock wait, say) until it ends or `ctx` is cancelled. On
+    /// cancellation the server is asked to cancel the statement, and it is given a moment to
+    /// end, so the session can roll back at once and drop the locks its transaction holds
+    /// instead of waiting out `lock_timeout` with them.
+    pub async fn unless_cancelled<T>(
+        &self,
+        ctx: &crate::context::OpContext,
+        token: tokio_postgres::CancelToken,
+        work: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        tokio::pin!(work);
+        tokio::select! {
+            r = &mut work => r,
+            _ = ctx.cancelled() => {
+                self.cancel(token).await;
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), work).await;
+                Err(ctx.interrupted())
+            }
+        }
+    }
+
     fn tls_config(&self) -> anyhow::Result<rustls::ClientConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())

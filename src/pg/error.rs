@@ -2,29 +2,21 @@
 //! position in the statement), and `.pg(|| "what was being done")` to add that context.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio_postgres::error::SqlState;
 
-/// Whether error messages may show row values (`-v`). Off by default: a duplicate key's
-/// detail or a COPY line's value is data, and data stays out of logs and JSON output.
-static SHOW_ROW_VALUES: AtomicBool = AtomicBool::new(false);
-
-/// Lets messages carry the row values PostgreSQL puts in them (for `-v`).
-pub fn show_row_values(on: bool) {
-    SHOW_ROW_VALUES.store(on, Ordering::Relaxed);
-}
-
-/// Whether messages may carry row values (`-v`).
-pub fn row_values_shown() -> bool {
-    SHOW_ROW_VALUES.load(Ordering::Relaxed)
-}
-
 /// A PostgreSQL error flattened into one readable line, keeping the SQLSTATE so callers
 /// can still ask what happened (a lock timeout, a cancelled statement).
+///
+/// Its `Display` never shows row values: a duplicate key's detail or a COPY line's value is
+/// data, and data stays out of logs and JSON output. The front end that was asked for them
+/// (`-v`) renders the error with [`render`], which uses the full text kept here.
 #[derive(Debug, Clone)]
 pub struct PgError {
+    /// The message without the row values PostgreSQL named.
     pub message: String,
+    /// The message with them, when it differs.
+    with_values: Option<String>,
     pub code: Option<SqlState>,
     /// 1-based character offset into the statement, when the server reported one.
     pub position: Option<u32>,
@@ -47,7 +39,7 @@ fn without_value(text: &str) -> &str {
 
 impl From<tokio_postgres::Error> for PgError {
     fn from(e: tokio_postgres::Error) -> PgError {
-        PgError::build(e, SHOW_ROW_VALUES.load(Ordering::Relaxed))
+        PgError::build(e, false)
     }
 }
 
@@ -60,31 +52,37 @@ impl PgError {
 
     fn build(e: tokio_postgres::Error, show: bool) -> PgError {
         if let Some(db) = e.as_db_error() {
-            let hides = !show && names_values(db.code());
-            let mut message = if hides {
-                without_value(db.message()).to_string()
-            } else {
-                db.message().to_string()
+            let text = |hides: bool| {
+                let mut message = if hides {
+                    without_value(db.message()).to_string()
+                } else {
+                    db.message().to_string()
+                };
+                match db.detail() {
+                    Some(_) if hides => {
+                        message.push_str(" (its detail names row values: -v shows it)")
+                    }
+                    Some(detail) => message.push_str(&format!(" (detail: {detail})")),
+                    None => {}
+                }
+                if let Some(hint) = db.hint() {
+                    message.push_str(&format!(" (hint: {hint})"));
+                }
+                // For COPY this names the line and column of the offending row.
+                if let Some(place) = db.where_() {
+                    let place = if hides { without_value(place) } else { place };
+                    message.push_str(&format!(" (at: {place})"));
+                }
+                message
             };
-            match db.detail() {
-                Some(_) if hides => message.push_str(" (its detail names row values: -v shows it)"),
-                Some(detail) => message.push_str(&format!(" (detail: {detail})")),
-                None => {}
-            }
-            if let Some(hint) = db.hint() {
-                message.push_str(&format!(" (hint: {hint})"));
-            }
-            // For COPY this names the line and column of the offending row.
-            if let Some(place) = db.where_() {
-                let place = if show { place } else { without_value(place) };
-                message.push_str(&format!(" (at: {place})"));
-            }
+            let hides = !show && names_values(db.code());
             let position = match db.position() {
                 Some(tokio_postgres::error::ErrorPosition::Original(p)) => Some(*p),
                 _ => None,
             };
             return PgError {
-                message,
+                message: text(hides),
+                with_values: hides.then(|| text(false)),
                 code: Some(db.code().clone()),
                 position,
             };
@@ -97,10 +95,31 @@ impl PgError {
         }
         PgError {
             message,
+            with_values: None,
             code: e.code().cloned(),
             position: None,
         }
     }
+
+    /// The message with the row values PostgreSQL named (for a front end asked for them).
+    pub fn message_with_values(&self) -> &str {
+        self.with_values.as_deref().unwrap_or(&self.message)
+    }
+}
+
+/// `err` as `{:#}` prints it (its chain, joined by `: `), with the row values PostgreSQL
+/// named in its errors when `values` is set (`-v`).
+pub fn render(err: &anyhow::Error, values: bool) -> String {
+    if !values {
+        return format!("{err:#}");
+    }
+    err.chain()
+        .map(|c| match c.downcast_ref::<PgError>() {
+            Some(pg) => pg.message_with_values().to_string(),
+            None => c.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 impl fmt::Display for PgError {

@@ -7,6 +7,7 @@ use tokio_postgres::Client;
 
 use super::{Database, PgContext, PgError};
 use crate::config::DatabaseConfig;
+use crate::context::OpContext;
 use crate::error::{err, refused, Kind};
 
 /// A session advisory lock that serialises schema changes on one database and schema.
@@ -30,6 +31,7 @@ impl MigrationLock {
         db: &Database,
         schema: &str,
         settings: &DatabaseConfig,
+        ctx: &OpContext,
     ) -> anyhow::Result<MigrationLock> {
         let key = Self::key(db, schema);
         let got: bool = client
@@ -53,7 +55,11 @@ impl MigrationLock {
                 ))
                 .await
                 .pg(|| "setting the lock wait")?;
-            let waited = client.execute("SELECT pg_advisory_lock($1)", &[&key]).await;
+            let waited = db
+                .unless_cancelled(ctx, client.cancel_token(), async {
+                    Ok(client.execute("SELECT pg_advisory_lock($1)", &[&key]).await)
+                })
+                .await?;
             client
                 .batch_execute(&format!(
                     "SET lock_timeout = '{}s'",

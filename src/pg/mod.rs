@@ -10,5 +10,5 @@ pub mod session;
 mod sql;
 
 pub use connect::{sqlalchemy_url, Database, SslMode};
-pub use error::{row_values_shown, show_row_values, PgContext, PgError};
+pub use error::{render, PgContext, PgError};
 pub use sql::{qualified, quote_ident, quote_literal};

@@ -36,37 +36,7 @@ pub async fn restore_tables(
     // 1. Check the plan against the catalog before touching anything.
     let mut targets = Vec::new();
     for entry in entries {
-        let Some(relation) = catalog::user_table(tx, &entry.schema, &entry.name).await? else {
-            return usage(format!(
-                "table {} from backup {} does not exist in this database; create it first (`backstop upgrade` to the revision {} it was taken at)",
-                entry.display(),
-                manifest.id,
-                manifest.revision.as_deref().unwrap_or("(none)")
-            ));
-        };
-        let columns = catalog::column_kinds(tx, relation.oid).await?;
-        for c in &entry.columns {
-            match columns.get(&c.name) {
-                None => {
-                    return usage(format!(
-                        "column {}.{} ({}) is in backup {} but not in the table; add the column, or restore other tables with --table",
-                        entry.name, c.name, c.data_type, manifest.id
-                    ))
-                }
-                Some(true) => {
-                    return usage(format!(
-                        "column {}.{} is in backup {} but is a generated column in the table, which cannot be loaded",
-                        entry.name, c.name, manifest.id
-                    ))
-                }
-                Some(false) => {}
-            }
-        }
-        targets.push(Target {
-            entry,
-            qualified: relation.qualified(),
-            relation,
-        });
+        targets.push(target(tx, manifest, entry).await?);
     }
     if targets.is_empty() {
         return Ok(LoadedTables {
@@ -282,6 +252,47 @@ async fn enable_triggers(
     Ok(())
 }
 
+/// The table `entry` goes into, checked before any row moves: it exists, and every column
+/// the backup holds is there and can be written. The one check every restore makes, whole
+/// tables and column-level entries alike.
+async fn target<'a>(
+    tx: &Transaction<'_>,
+    manifest: &Manifest,
+    entry: &'a TableEntry,
+) -> anyhow::Result<Target<'a>> {
+    let Some(relation) = catalog::user_table(tx, &entry.schema, &entry.name).await? else {
+        return usage(format!(
+            "table {} from backup {} does not exist in this database; create it first (`backstop upgrade` to the revision {} it was taken at)",
+            entry.display(),
+            manifest.id,
+            manifest.revision.as_deref().unwrap_or("(none)")
+        ));
+    };
+    let columns = catalog::column_kinds(tx, relation.oid).await?;
+    for c in &entry.columns {
+        match columns.get(&c.name) {
+            None => {
+                return usage(format!(
+                    "column {}.{} ({}) is in backup {} but not in the table, so the schema no longer fits the backup; add the column, or restore other tables with --table",
+                    entry.name, c.name, c.data_type, manifest.id
+                ))
+            }
+            Some(true) => {
+                return usage(format!(
+                    "column {}.{} is in backup {} but is a generated column in the table, which cannot be loaded",
+                    entry.name, c.name, manifest.id
+                ))
+            }
+            Some(false) => {}
+        }
+    }
+    Ok(Target {
+        entry,
+        qualified: relation.qualified(),
+        relation,
+    })
+}
+
 /// Loads a column-level backup into a temporary table shaped like the target's columns, then
 /// `UPDATE ... FROM` it by primary key. Returns (rows loaded, rows matched).
 pub async fn restore_columns(
@@ -291,29 +302,7 @@ pub async fn restore_columns(
     entry: &TableEntry,
     ctx: &OpContext,
 ) -> anyhow::Result<(u64, u64)> {
-    let Some(relation) = catalog::user_table(tx, &entry.schema, &entry.name).await? else {
-        return usage(format!(
-            "table {} of backup {} does not exist after the upgrade",
-            entry.display(),
-            manifest.id
-        ));
-    };
-    let present = catalog::column_kinds(tx, relation.oid).await?;
-    if let Some(c) = entry
-        .columns
-        .iter()
-        .find(|c| !present.contains_key(&c.name))
-    {
-        return usage(format!(
-            "column {}.{} ({}) of backup {} does not exist after the upgrade; the re-applied schema no longer fits the backup",
-            entry.name, c.name, c.data_type, manifest.id
-        ));
-    }
-    let t = Target {
-        entry,
-        qualified: relation.qualified(),
-        relation,
-    };
+    let t = target(tx, manifest, entry).await?;
     via_temp_table(tx, store, &t, ctx, Finish::UpdateByKey).await
 }
 
@@ -382,7 +371,7 @@ async fn via_temp_table(
     );
     let loaded = copy_verified(tx, &copy, store, entry, ctx).await?;
     if matches!(finish, Finish::AfterSeed) {
-        seed_conflicts(tx, t, &temp).await?;
+        seed_conflicts(tx, t, &temp, ctx).await?;
     }
     let sql = match finish {
         Finish::UpdateByKey => {
@@ -454,7 +443,12 @@ async fn via_temp_table(
 /// Fails when a staged row's key is in the table with other values: the up step seeded
 /// something else than the user had, and neither may silently win. Names the table, the
 /// key columns, how many rows differ, and (with `-v` only) the first key.
-async fn seed_conflicts(tx: &Transaction<'_>, t: &Target<'_>, temp: &str) -> anyhow::Result<()> {
+async fn seed_conflicts(
+    tx: &Transaction<'_>,
+    t: &Target<'_>,
+    temp: &str,
+    ctx: &OpContext,
+) -> anyhow::Result<()> {
     let entry = t.entry;
     let on: Vec<String> = entry
         .primary_key
@@ -493,7 +487,7 @@ async fn seed_conflicts(tx: &Transaction<'_>, t: &Target<'_>, temp: &str) -> any
     if differ == 0 {
         return Ok(());
     }
-    let first = if crate::pg::row_values_shown() {
+    let first = if ctx.row_values() {
         format!(
             ", the first with key {}",
             row.get::<_, Option<String>>(1).unwrap_or_default()

@@ -15,9 +15,9 @@ use anyhow::Context;
 use serde::Serialize;
 use tokio_postgres::Transaction;
 
-use crate::backup::manifest::{check_backup_id, Manifest};
+use crate::backup::manifest::Manifest;
 use crate::context::OpContext;
-use crate::store::{is_not_found, Store};
+use crate::store::Store;
 pub use plan::RestorePlan;
 
 /// What to do with rows already in a target table.
@@ -62,48 +62,6 @@ impl Loaded {
         self.tables.iter().map(|t| t.rows).sum()
     }
 }
-
-/// Reads and validates a backup's manifest.
-pub async fn load_manifest(store: &Store, id: &str) -> anyhow::Result<Manifest> {
-    check_backup_id(id)?;
-    let key = Manifest::manifest_key(id);
-    let data = match store.get(&key).await {
-        Ok(d) => d,
-        Err(e) if is_not_found(&e) => {
-            let exists = store
-                .list(&format!("{id}/"))
-                .await
-                .map(|o| !o.is_empty())
-                .unwrap_or(false);
-            let why = if exists {
-                "it has no manifest, so it is an incomplete upload and cannot be restored"
-            } else {
-                "`backstop backups list` shows the backups there"
-            };
-            anyhow::bail!("no backup {id} in {} ({why})", store.describe());
-        }
-        Err(e) => {
-            return Err(e.context(format!(
-                "reading the manifest of backup {id} from {}",
-                store.describe()
-            )))
-        }
-    };
-    Manifest::parse(&data, id).map_err(|e| e.context(RefusedManifest(id.to_string())))
-}
-
-/// The manifest was read but refused (malformed, an unknown version, keys outside its
-/// backup): `verify` counts that as a failed check.
-#[derive(Debug)]
-pub struct RefusedManifest(pub String);
-
-impl std::fmt::Display for RefusedManifest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "backup {} cannot be trusted as it is", self.0)
-    }
-}
-
-impl std::error::Error for RefusedManifest {}
 
 /// Loads what `plan` picked from `manifest` inside `tx` (which the caller commits or rolls
 /// back): whole tables first, then column-level entries by primary key, whatever the mode.

@@ -196,12 +196,7 @@ async fn a_store_that_never_answers_fails_within_its_timeouts() {
         child.try_wait().unwrap().is_none(),
         "the backup should still be waiting"
     );
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_signal(child.id(), "-TERM");
     let started = Instant::now();
     while child.try_wait().unwrap().is_none() {
         assert!(
@@ -379,4 +374,60 @@ async fn row_values_stay_out_of_messages_unless_asked_for() {
     let r = p.run(&["-v", "restore", &id, "--mode", "append"]);
     assert!(r.stderr.contains("(id)=(4242)"), "{r}");
     assert_eq!(count(&c, "tasks").await, 1);
+}
+
+#[tokio::test]
+async fn sigterm_ends_a_downgrade_waiting_for_its_locks_and_frees_the_tables() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let mut p = Project::new(&db);
+    p.use_store(&store);
+    // A wait that would outlast the grace period many times over.
+    p.set_database_extra("lock_timeout_secs = 600");
+    p.ok(&["upgrade"]);
+    let c = db.client().await;
+    c.batch_execute("INSERT INTO tasks (title, user_id) VALUES ('kept', 'u')")
+        .await
+        .unwrap();
+    // An open writer: the downgrade's SHARE lock on tasks has to wait for it.
+    let mut writer = db.client().await;
+    let open = writer.transaction().await.unwrap();
+    open.batch_execute("INSERT INTO tasks (title, user_id) VALUES ('open', 'u')")
+        .await
+        .unwrap();
+    let child = p
+        .cmd(&["downgrade", "-1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waiting =
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'";
+    let mut seen = false;
+    for _ in 0..600 {
+        let n: i64 = c.query_one(waiting, &[&db.name]).await.unwrap().get(0);
+        if n > 0 {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen, "the downgrade never waited for a lock");
+    send_signal(child.id(), "-TERM");
+    let out = exit_within(child, Duration::from_secs(60), "downgrade after SIGTERM");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // It stopped by itself at a safe point, not by being dropped after the grace period.
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!stderr.contains("abandoned"), "{stderr}");
+    // Nothing waits or holds tasks for the downgrade any more.
+    let n: i64 = c.query_one(waiting, &[&db.name]).await.unwrap().get(0);
+    assert_eq!(n, 0, "a lock wait outlived the downgrade");
+    open.commit().await.unwrap();
+    assert_eq!(count(&c, "tasks").await, 2);
+    assert_eq!(
+        recorded(&c).await.len(),
+        1,
+        "the downgrade changed the ledger"
+    );
+    assert!(store.keys().await.is_empty(), "a backup was left behind");
 }

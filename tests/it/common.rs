@@ -633,6 +633,15 @@ pub async fn catch_statement(
     false
 }
 
+/// Sends `signal` (`-TERM`, `-INT`, `-HUP`) to the process `pid`, failing if it cannot.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid} failed");
+}
+
 /// Waits for `child` to exit, killing it and failing the test (naming `what`) if it is
 /// still running after `limit`: a test of a bounded wait must not itself wait unbounded.
 pub fn exit_within(

@@ -541,12 +541,7 @@ async fn ctrl_c_or_sigterm_mid_export_aborts_the_upload_and_says_nothing_changed
             "the export never started"
         );
         tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-        let pid = child.id().to_string();
-        assert!(std::process::Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .unwrap()
-            .success());
+        send_signal(child.id(), signal);
         let r = Run::from(child.wait_with_output().unwrap());
         assert_ne!(r.code, 0, "{r}");
         assert!(r.stderr.contains("interrupted"), "{signal} {r}");

@@ -61,6 +61,7 @@ async fn backup_with(
         &config,
         store,
         &manual(),
+        None,
         ctx,
     )
     .await

@@ -157,12 +157,7 @@ async fn interrupting_drops_the_scratch_database() {
     }
     let scratch = scratch.expect("the slow migration never started");
     assert!(database_exists(&scratch).await);
-    let pid = child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    send_signal(child.id(), "-INT");
     let status = child.wait().unwrap();
     assert_ne!(status.code(), Some(0));
     assert!(

@@ -13,6 +13,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::{Checklist, Outcome, RollbackTestOptions, RollbackTestReport};
+use crate::backup::catalog::load_manifest;
 use crate::backup::manifest::{Kind, Manifest};
 use crate::config::{BackupConfig, DatabaseConfig};
 use crate::context::OpContext;
@@ -26,7 +27,7 @@ use crate::ops::upgrade::{upgrade, UpgradeOptions};
 use crate::pg::session::pin_session;
 use crate::pg::{qualified, Database, PgContext};
 use crate::restore::plan::plan;
-use crate::restore::{load, load_manifest, RestoreMode};
+use crate::restore::{load, RestoreMode};
 use crate::schema::{DiffOptions, Snapshot};
 use crate::store::{DirStore, Store};
 
@@ -102,6 +103,7 @@ async fn obtain(
                 &BackupConfig::default(),
                 &**scratch_store,
                 &options,
+                None,
                 ctx,
             )
             .await

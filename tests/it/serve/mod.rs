@@ -2,7 +2,7 @@
 //! systemd, signals, HTTP, webhooks, reload and dependencies that go away. The helpers here
 //! start and stop it the way systemd would and read what it left behind.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -92,12 +92,7 @@ pub fn start(p: &Project) -> Child {
 
 /// SIGTERM, then the exit code and stderr; fails if it does not end within 15 s.
 pub fn stop(child: Child) -> (Option<i32>, String) {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_signal(child.id(), "-TERM");
     let out = exit_within(child, Duration::from_secs(15), "serve after SIGTERM");
     (
         out.status.code(),

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,12 +13,7 @@ use super::*;
 use crate::cluster::Cluster;
 
 fn hangup(child: &std::process::Child) {
-    let status = Command::new("kill")
-        .arg("-HUP")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_signal(child.id(), "-HUP");
 }
 
 /// Scheduled backups of one schedule (its backups carry the label `schedule NAME` unless
@@ -437,7 +432,7 @@ async fn a_webhook_that_never_answers_neither_fails_nor_delays_backups() {
 
     // Shutdown waits for those calls (at most 5 s); a second SIGTERM does not wait.
     let child = start(&p);
-    let pid = child.id().to_string();
+    let pid = child.id();
     let started = std::time::Instant::now();
     let before = scheduled_backups(&p).len();
     while scheduled_backups(&p).len() == before {
@@ -445,11 +440,7 @@ async fn a_webhook_that_never_answers_neither_fails_nor_delays_backups() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for _ in 0..2 {
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(sent.success());
+        send_signal(pid, "-TERM");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let out = exit_within(child, Duration::from_secs(15), "serve after two SIGTERMs");

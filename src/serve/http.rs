@@ -29,7 +29,15 @@ pub struct Daemon {
     op: OpContext,
     /// Held while a backup asked for over HTTP runs: one at a time.
     manual: Mutex<()>,
+    /// The last readiness check and when it ended. `/readyz` needs no token, so a flood of
+    /// it must not become a flood of connections to the database: one check runs at a time,
+    /// the requests that arrive meanwhile share its answer, and an answer is reused for
+    /// [`READY_FRESH`].
+    ready: Mutex<Option<(tokio::time::Instant, Vec<String>)>>,
 }
+
+/// How long one readiness answer is reused.
+pub const READY_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Daemon {
     pub fn new(ws: Arc<Workspace>, metrics: Arc<Metrics>, op: OpContext) -> Daemon {
@@ -38,7 +46,22 @@ impl Daemon {
             metrics,
             op,
             manual: Mutex::new(()),
+            ready: Mutex::new(None),
         }
+    }
+
+    /// What does not answer now (the database, the store), checked at most once per
+    /// [`READY_FRESH`] however many ask.
+    pub async fn unavailable(&self) -> Vec<String> {
+        let mut last = self.ready.lock().await;
+        if let Some((at, problems)) = &*last {
+            if at.elapsed() < READY_FRESH {
+                return problems.clone();
+            }
+        }
+        let problems = self.ws().unavailable().await;
+        *last = Some((tokio::time::Instant::now(), problems.clone()));
+        problems
     }
 
     /// The configuration in force now.
@@ -51,6 +74,11 @@ impl Daemon {
 
     pub fn replace(&self, ws: Arc<Workspace>) {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = ws;
+        // The next readiness answer is about the new configuration (a check running now
+        // keeps its answer for at most READY_FRESH).
+        if let Ok(mut ready) = self.ready.try_lock() {
+            *ready = None;
+        }
     }
 }
 
@@ -65,7 +93,7 @@ pub fn app(state: Arc<Daemon>) -> Router {
 }
 
 async fn readyz(State(d): State<Arc<Daemon>>) -> Response {
-    let problems = d.ws().unavailable().await;
+    let problems = d.unavailable().await;
     if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {

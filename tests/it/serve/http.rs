@@ -258,3 +258,49 @@ async fn back_up_now_only_with_the_configured_token() {
     assert_eq!(listed[0]["label"], "before the release");
     p.ok(&["backups", "verify", answer["id"].as_str().unwrap()]);
 }
+
+#[tokio::test]
+async fn a_flood_of_readiness_checks_opens_no_flood_of_connections() {
+    let db = TestDb::new().await;
+    // A role that may hold two connections: a readiness check per request would run out.
+    let role = unique("ready");
+    let c = db.client().await;
+    c.batch_execute(&format!("CREATE ROLE \"{role}\" LOGIN CONNECTION LIMIT 2"))
+        .await
+        .unwrap();
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(url, db.url, "the test url names no user: {}", db.url);
+    let held = (connect(&url).await, connect(&url).await);
+    let third = tokio_postgres::connect(&url, tokio_postgres::NoTls).await;
+    assert!(
+        third.is_err(),
+        "the role's connection limit is not enforced"
+    );
+    drop(held);
+    let p = Project::new_with_url(&url);
+    let app = router(&p, Arc::new(Metrics::new(&[])));
+    let calls: Vec<_> = (0..300)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { call(&app, "GET", "/readyz", &[], "").await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.unwrap());
+    }
+    let refused: Vec<&String> = answers
+        .iter()
+        .filter(|(status, _, _)| *status != 200)
+        .map(|(_, _, body)| body)
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{} of 300 refused, the first: {}",
+        refused.len(),
+        refused[0]
+    );
+    c.batch_execute(&format!("DROP ROLE \"{role}\""))
+        .await
+        .unwrap();
+}

@@ -63,10 +63,14 @@ pub struct ColumnEntry {
     pub data_type: String,
 }
 
-/// A sequence owned by a column of the table, as it stood at backup time.
+/// A sequence a column of the table takes its values from (one it owns, or one its default
+/// calls), as it stood at backup time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SequenceEntry {
+    /// Empty in manifests written before it was recorded (the sequence was the column's own).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub schema: String,
     pub name: String,
     pub column: String,
     pub last_value: i64,

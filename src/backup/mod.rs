@@ -129,6 +129,7 @@ fn spec(shape: pg_catalog::TableShape) -> TableSpec {
             .sequences
             .into_iter()
             .map(|s| SequenceEntry {
+                schema: s.schema,
                 name: s.name,
                 column: s.column,
                 last_value: s.last_value,

@@ -1,6 +1,7 @@
-//! Sequences after a restore: each one a restored column owns moved past what was loaded,
-//! and the free ones (no column owns them, a `DEFAULT nextval(...)` uses them) set to their
-//! saved state, so the next insert never collides with a restored row.
+//! Sequences after a restore: each one a restored column takes its values from (owned, or
+//! called by its default) moved past what was loaded and past its saved state, and the free
+//! ones a downgrade dropped set to their saved state, so the next insert never collides
+//! with a restored row.
 
 use tokio_postgres::Transaction;
 
@@ -8,36 +9,44 @@ use crate::backup::manifest::{Manifest, TableEntry};
 use crate::pg::catalog::{self, Relation};
 use crate::pg::{qualified, quote_ident, PgContext};
 
-/// Moves each sequence owned by a column of the table (or of a table it is a partition
-/// of) past the restored maximum, the value saved at backup time and its own current value,
-/// whichever is largest.
+/// Moves each sequence a column of the table (or of a table it is a partition of) takes its
+/// values from, owned or called by a default, past the restored maximum, the value saved at
+/// backup time and its own current value, whichever is largest.
 pub(super) async fn advance_sequences(
     tx: &Transaction<'_>,
     relation: &Relation,
     entry: &TableEntry,
 ) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
-    for serial in catalog::serial_columns(tx, relation).await? {
-        let max: Option<i64> = tx
-            .query_one(
-                &format!(
-                    "SELECT max({})::bigint FROM {}",
-                    quote_ident(&serial.column),
-                    serial.owner
-                ),
-                &[],
-            )
-            .await
-            .pg(|| format!("reading the largest {} of {}", serial.column, serial.owner))?
-            .get(0);
-        let mut floors: Vec<(i64, bool)> = max.map(|m| (m, true)).into_iter().collect();
-        if let Some(s) = entry.sequences.iter().find(|s| s.column == serial.column) {
+    for used in catalog::column_sequences(tx, relation.oid).await? {
+        let mut floors = Vec::new();
+        if used.integer {
+            let max: Option<i64> = tx
+                .query_one(
+                    &format!(
+                        "SELECT max({})::bigint FROM {}",
+                        quote_ident(&used.column),
+                        used.owner
+                    ),
+                    &[],
+                )
+                .await
+                .pg(|| format!("reading the largest {} of {}", used.column, used.owner))?
+                .get(0);
+            floors.extend(max.map(|m| (m, true)));
+        }
+        if let Some(s) = entry.sequences.iter().find(|s| {
+            s.column == used.column
+                && s.name == used.name
+                && (s.schema.is_empty() || s.schema == used.schema)
+        }) {
             floors.push((s.last_value, s.is_called));
         }
-        let (value, called) = advance(tx, &serial.sequence, &floors).await?;
+        let (value, called) = advance(tx, &used.qualified(), &floors).await?;
         out.push(format!(
-            "{} = {value}{}",
-            serial.sequence,
+            "{}.{} = {value}{}",
+            used.schema,
+            used.name,
             if called { "" } else { " (not yet used)" }
         ));
     }

@@ -16,6 +16,7 @@ mod ops;
 mod rollback_real;
 mod rollback_test;
 mod schema;
+mod sequences;
 mod serve;
 mod shapes;
 mod tls;

@@ -1,10 +1,12 @@
 //! What a load needs to know about a table: the indexes it may drop and rebuild, the
-//! sequences its columns (or its parents' columns) own, and the triggers to keep quiet.
+//! sequences its columns (or its parents' columns) take their values from, and the triggers
+//! to keep quiet.
 
 use tokio_postgres::GenericClient;
 
-use super::{Relation, WITH_ANCESTORS};
+use super::WITH_ANCESTORS;
 use crate::pg::error::PgContext;
+use crate::pg::sql::qualified;
 
 /// An index no constraint depends on, which a load may drop and rebuild.
 #[derive(Debug, Clone)]
@@ -43,44 +45,72 @@ pub async fn secondary_indexes(
         .collect())
 }
 
-/// A sequence a column owns (serial or identity), on the table or on one of its ancestors
-/// (a partition's ids come from its parent's sequence).
+/// A sequence a column of the table (or of a table it is a partition of) hands its values
+/// from: one the column owns (serial, identity, `OWNED BY`) or one its default calls
+/// (`DEFAULT nextval('invoice_no')`, owned by nothing). A restore must move each past what
+/// it loaded, or the next insert collides with a restored row.
 #[derive(Debug, Clone)]
-pub struct SerialColumn {
-    /// `"schema"."table"` of the table whose column owns the sequence.
+pub struct ColumnSequence {
+    /// `"schema"."table"` of the table whose column it is.
     pub owner: String,
     pub column: String,
-    /// The sequence, as `pg_get_serial_sequence` names it.
-    pub sequence: String,
+    /// The column holds integers, so its largest value bounds the sequence.
+    pub integer: bool,
+    pub schema: String,
+    pub name: String,
 }
 
-pub async fn serial_columns(
+impl ColumnSequence {
+    /// `"schema"."sequence"`.
+    pub fn qualified(&self) -> String {
+        qualified(&self.schema, &self.name)
+    }
+}
+
+pub async fn column_sequences(
     client: &impl GenericClient,
-    relation: &Relation,
-) -> anyhow::Result<Vec<SerialColumn>> {
+    oid: u32,
+) -> anyhow::Result<Vec<ColumnSequence>> {
     Ok(client
         .query(
             &format!(
-                "{WITH_ANCESTORS}
+                "{WITH_ANCESTORS},
+                 used(rel, att, seq) AS (
+                     SELECT d.refobjid, d.refobjsubid, d.objid FROM pg_catalog.pg_depend d
+                     WHERE d.refobjid IN (SELECT oid FROM up) AND d.refobjsubid > 0
+                       AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                       AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i')
+                     UNION
+                     SELECT ad.adrelid, ad.adnum, d.refobjid FROM pg_catalog.pg_attrdef ad
+                     JOIN pg_catalog.pg_depend d ON d.objid = ad.oid
+                       AND d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
+                       AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                     WHERE ad.adrelid IN (SELECT oid FROM up))
                  SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname),
                         a.attname::text,
-                        pg_catalog.pg_get_serial_sequence(
-                            pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), a.attname)
-                 FROM up JOIN pg_catalog.pg_class c ON c.oid = up.oid
+                        a.atttypid IN ('pg_catalog.int2'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype,
+                                       'pg_catalog.int8'::pg_catalog.regtype),
+                        sn.nspname::text, s.relname::text
+                 FROM used
+                 JOIN pg_catalog.pg_class s ON s.oid = used.seq AND s.relkind = 'S'
+                 JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
+                 JOIN pg_catalog.pg_class c ON c.oid = used.rel
                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = used.rel AND a.attnum = used.att
+                   AND NOT a.attisdropped
+                 ORDER BY 1, a.attnum, 4, 5"
             ),
-            &[&relation.oid],
+            &[&oid],
         )
         .await
-        .pg(|| format!("finding the sequences of {}", relation.name))?
+        .pg(|| "finding the sequences the table's columns use")?
         .iter()
-        .filter_map(|r| {
-            Some(SerialColumn {
-                owner: r.get(0),
-                column: r.get(1),
-                sequence: r.get::<_, Option<String>>(2)?,
-            })
+        .map(|r| ColumnSequence {
+            owner: r.get(0),
+            column: r.get(1),
+            integer: r.get(2),
+            schema: r.get(3),
+            name: r.get(4),
         })
         .collect())
 }

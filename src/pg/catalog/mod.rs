@@ -15,7 +15,8 @@ mod load;
 
 pub use changes::{locked_relations, sequence_state, storage_state, FreeSequence, StorageState};
 pub use load::{
-    enabled_user_triggers, secondary_indexes, serial_columns, SecondaryIndex, SerialColumn, Trigger,
+    column_sequences, enabled_user_triggers, secondary_indexes, ColumnSequence, SecondaryIndex,
+    Trigger,
 };
 
 use super::error::PgContext;
@@ -209,9 +210,11 @@ pub struct Column {
     pub data_type: String,
 }
 
-/// A sequence owned by a column (serial or identity) and its state.
+/// A sequence a column takes its values from (owned, or called by its default) and its
+/// state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedSequence {
+    pub schema: String,
     pub name: String,
     pub column: String,
     pub last_value: i64,
@@ -228,7 +231,8 @@ pub struct TableShape {
     pub sequences: Vec<OwnedSequence>,
 }
 
-/// Reads the columns, primary key and owned sequences (with their state) of `relation`.
+/// Reads the columns, primary key and the sequences its columns use (with their state) of
+/// `relation`.
 pub async fn shape(client: &impl GenericClient, relation: Relation) -> anyhow::Result<TableShape> {
     let (oid, name) = (relation.oid, relation.name.clone());
     let columns = client
@@ -249,37 +253,18 @@ pub async fn shape(client: &impl GenericClient, relation: Relation) -> anyhow::R
         .collect();
     let primary_key = primary_key(client, oid).await?;
     let mut sequences = Vec::new();
-    for r in client
-        .query(
-            &format!(
-            "{WITH_ANCESTORS}
-             SELECT sn.nspname::text, sc.relname::text, a.attname::text
-             FROM pg_catalog.pg_depend d
-             JOIN pg_catalog.pg_class sc ON sc.oid = d.objid AND sc.relkind = 'S'
-             JOIN pg_catalog.pg_namespace sn ON sn.oid = sc.relnamespace
-             JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-             WHERE d.refobjid IN (SELECT oid FROM up) AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-               AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i')
-             ORDER BY a.attnum"),
-            &[&oid],
-        )
-        .await
-        .pg(|| format!("reading the sequences of {name}"))?
-    {
-        let (sschema, sname, column): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+    for used in column_sequences(client, oid).await? {
         let state = client
             .query_one(
-                &format!(
-                    "SELECT last_value, is_called FROM {}",
-                    qualified(&sschema, &sname)
-                ),
+                &format!("SELECT last_value, is_called FROM {}", used.qualified()),
                 &[],
             )
             .await
-            .pg(|| format!("reading sequence {sname}"))?;
+            .pg(|| format!("reading sequence {}.{}", used.schema, used.name))?;
         sequences.push(OwnedSequence {
-            name: sname,
-            column,
+            schema: used.schema,
+            name: used.name,
+            column: used.column,
             last_value: state.get(0),
             is_called: state.get(1),
         });

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-mod clock;
+pub(crate) mod clock;
 mod http;
 mod resilience;
 mod schedules;

@@ -197,16 +197,18 @@ impl Manifest {
         format!("{id}/{schema}.{table}.csv.zst")
     }
 
+    /// Totals over the tables; a manifest whose totals do not fit is refused when read, so
+    /// these never wrap.
     pub fn rows(&self) -> u64 {
-        self.tables.iter().map(|t| t.rows).sum()
+        total(self.tables.iter().map(|t| t.rows)).unwrap_or(u64::MAX)
     }
 
     pub fn compressed_bytes(&self) -> u64 {
-        self.tables.iter().map(|t| t.compressed_bytes).sum()
+        total(self.tables.iter().map(|t| t.compressed_bytes)).unwrap_or(u64::MAX)
     }
 
     pub fn bytes(&self) -> u64 {
-        self.tables.iter().map(|t| t.bytes).sum()
+        total(self.tables.iter().map(|t| t.bytes)).unwrap_or(u64::MAX)
     }
 
     /// How messages name a table: bare in the manifest's own schema, `schema.table` else.
@@ -293,8 +295,17 @@ impl Manifest {
                 }
             }
         }
+        let fits = |f: fn(&TableEntry) -> u64| total(self.tables.iter().map(f)).is_some();
+        if !(fits(|t| t.rows) && fits(|t| t.bytes) && fits(|t| t.compressed_bytes)) {
+            anyhow::bail!("manifest of {id}: its tables' row or byte counts add up to more than 2^64; refusing it");
+        }
         Ok(())
     }
+}
+
+/// The sum, unless it overflows.
+fn total(mut values: impl Iterator<Item = u64>) -> Option<u64> {
+    values.try_fold(0u64, |sum, v| sum.checked_add(v))
 }
 
 /// A name that can be used in an object key and as a quoted SQL identifier:
@@ -463,6 +474,24 @@ mod tests {
         for (nodes, edges, want) in cases {
             assert_eq!(load_order(nodes, edges), *want, "{nodes:?} {edges:?}");
         }
+    }
+
+    #[test]
+    fn totals_that_do_not_fit_are_refused_not_wrapped() {
+        let id = "20261124T132800Z-manual-abcdef";
+        let mut m = sample(id);
+        let mut second = m.tables[0].clone();
+        second.name = "notes".into();
+        second.key = Manifest::table_key(id, "public", "notes");
+        second.rows = u64::MAX;
+        m.tables.push(second);
+        m.load_order.push("public.notes".into());
+        let err = Manifest::parse(&serde_json::to_vec(&m).unwrap(), id).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("add up to more than 2^64"),
+            "{err:#}"
+        );
+        assert_eq!(m.rows(), u64::MAX);
     }
 
     #[test]

@@ -243,6 +243,12 @@ pub struct ServerConfig {
     /// Bearer token that `POST /v1/backups` requires; without it the endpoint is off.
     #[serde(skip_serializing)]
     pub token: Option<Secret>,
+    /// Connections served at once; more are closed as they arrive, so a flood of sockets
+    /// cannot take the file descriptors the backups need.
+    pub max_connections: usize,
+    /// A connection that sends no complete request header for this long (a new one, or an
+    /// idle keep-alive one) is closed.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -250,6 +256,8 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:9187".into(),
             token: None,
+            max_connections: 64,
+            idle_timeout_secs: 10,
         }
     }
 }

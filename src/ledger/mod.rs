@@ -6,7 +6,10 @@
 //! whose downgrade never happened, and `upgrade --restore` knows which backups are open.
 //! Every write takes the caller's transaction, so it commits or rolls back with the change.
 
+mod slots;
 pub mod tool;
+
+pub use slots::{LostSlot, SlotState};
 
 use std::time::Duration;
 
@@ -419,146 +422,5 @@ impl Ledger {
             return Ok(Vec::new());
         }
         self.downgrades_recorded(client).await
-    }
-
-    fn slots(&self) -> String {
-        qualified(&self.schema, SLOTS_TABLE)
-    }
-
-    /// Creates the slots table if it is missing.
-    pub async fn ensure_slots(&self, client: &impl GenericClient) -> anyhow::Result<()> {
-        client
-            .batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {} (
-                     schedule text NOT NULL,
-                     slot timestamptz NOT NULL,
-                     state text NOT NULL,
-                     backup_id text,
-                     instance text,
-                     error text,
-                     started_at timestamptz NOT NULL DEFAULT now(),
-                     finished_at timestamptz,
-                     PRIMARY KEY (schedule, slot)
-                 )",
-                self.slots()
-            ))
-            .await
-            .pg(|| format!("creating {}", self.slots()))
-    }
-
-    /// Takes `slot` of `schedule` for this instance: true when nobody had it, so exactly one
-    /// instance runs each slot, however many share the database.
-    pub async fn claim_slot(
-        &self,
-        client: &impl GenericClient,
-        schedule: &str,
-        slot: chrono::DateTime<chrono::Utc>,
-        instance: &str,
-        state: SlotState,
-    ) -> anyhow::Result<bool> {
-        let n = client
-            .execute(
-                &format!(
-                    "INSERT INTO {} (schedule, slot, state, instance) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (schedule, slot) DO NOTHING",
-                    self.slots()
-                ),
-                &[&schedule, &slot, &state.as_str(), &instance],
-            )
-            .await
-            .pg(|| format!("claiming a slot of schedule {schedule}"))?;
-        Ok(n == 1)
-    }
-
-    /// Records `slots` of `schedule` as missed, in one statement, where no instance has them
-    /// yet; returns those it recorded, oldest first.
-    pub async fn claim_missed(
-        &self,
-        client: &impl GenericClient,
-        schedule: &str,
-        slots: &[chrono::DateTime<chrono::Utc>],
-        instance: &str,
-    ) -> anyhow::Result<Vec<chrono::DateTime<chrono::Utc>>> {
-        if slots.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows = client
-            .query(
-                &format!(
-                    "INSERT INTO {} (schedule, slot, state, instance)
-                     SELECT $1, s, $3, $4 FROM unnest($2::timestamptz[]) s
-                     ON CONFLICT (schedule, slot) DO NOTHING
-                     RETURNING slot",
-                    self.slots()
-                ),
-                &[&schedule, &slots, &SlotState::Missed.as_str(), &instance],
-            )
-            .await
-            .pg(|| format!("recording missed slots of schedule {schedule}"))?;
-        let mut claimed: Vec<chrono::DateTime<chrono::Utc>> =
-            rows.iter().map(|r| r.get(0)).collect();
-        claimed.sort();
-        Ok(claimed)
-    }
-
-    /// Records how a claimed slot ended.
-    pub async fn finish_slot(
-        &self,
-        client: &impl GenericClient,
-        schedule: &str,
-        slot: chrono::DateTime<chrono::Utc>,
-        state: SlotState,
-        backup_id: Option<&str>,
-        error: Option<&str>,
-    ) -> anyhow::Result<()> {
-        client
-            .execute(
-                &format!(
-                    "UPDATE {} SET state = $3, backup_id = $4, error = $5, finished_at = now()
-                     WHERE schedule = $1 AND slot = $2",
-                    self.slots()
-                ),
-                &[&schedule, &slot, &state.as_str(), &backup_id, &error],
-            )
-            .await
-            .pg(|| format!("recording a slot of schedule {schedule}"))?;
-        Ok(())
-    }
-
-    /// The latest slot of `schedule` on record, in any state.
-    pub async fn last_slot(
-        &self,
-        client: &impl GenericClient,
-        schedule: &str,
-    ) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
-        Ok(client
-            .query_one(
-                &format!("SELECT max(slot) FROM {} WHERE schedule = $1", self.slots()),
-                &[&schedule],
-            )
-            .await
-            .pg(|| format!("reading the slots of schedule {schedule}"))?
-            .get(0))
-    }
-}
-
-/// What became of a scheduled slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlotState {
-    Running,
-    Done,
-    Failed,
-    /// No instance ran while the slot passed.
-    Missed,
-}
-
-impl SlotState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SlotState::Running => "running",
-            SlotState::Done => "done",
-            SlotState::Failed => "failed",
-            SlotState::Missed => "missed",
-        }
     }
 }

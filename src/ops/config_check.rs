@@ -59,6 +59,11 @@ pub fn check_offline(config: &Config, origin: &str) -> Checked {
             config.server.listen
         ));
     }
+    if config.server.max_connections == 0 || config.server.idle_timeout_secs == 0 {
+        problems.push(format!(
+            "{origin}: [server] max_connections and idle_timeout_secs must be at least 1"
+        ));
+    }
     if let Some(url) = &config.storage.url {
         if let Err(e) = Location::parse(url) {
             problems.push(format!("{origin}: {e:#}"));

@@ -51,7 +51,8 @@ impl Listing {
         serde_json::json!({
             "store": self.store,
             "backups": self.catalog.backups.iter().map(|m| serde_json::json!({
-                "id": m.id, "kind": m.kind, "label": m.label, "created_at": m.created_at,
+                "id": m.id, "kind": m.kind, "label": m.label.as_deref().map(shorten),
+                "created_at": m.created_at,
                 "revision": m.revision, "target_revision": m.target_revision,
                 "tables": m.tables.iter().map(|t| &t.name).collect::<Vec<_>>(),
                 "rows": m.rows(), "bytes": m.bytes(), "compressed_bytes": m.compressed_bytes(),
@@ -62,6 +63,17 @@ impl Listing {
                 .map(|(id, why)| serde_json::json!({"id": id, "error": why}))
                 .collect::<Vec<_>>(),
         })
+    }
+}
+
+/// The longest label a list shows (`backups show` shows it whole): one answer to
+/// `GET /v1/backups` must not grow with what someone wrote into a label.
+pub const LABEL_SHOWN: usize = 200;
+
+fn shorten(label: &str) -> String {
+    match label.char_indices().nth(LABEL_SHOWN) {
+        Some((end, _)) => format!("{}…", &label[..end]),
+        None => label.to_string(),
     }
 }
 

@@ -168,6 +168,8 @@ impl Migrator {
     }
 
     pub(crate) async fn status_with(&self, client: &impl GenericClient) -> anyhow::Result<Status> {
+        // `current` on a schema that does not exist is a typo, not "(none)".
+        require_schema(client, &self.settings.schema).await?;
         let applied = self.applied(client).await?;
         Ok(Status::compare(
             &self.set,
@@ -342,7 +344,6 @@ impl Migrator {
         allow_drift: bool,
         dry_run: bool,
     ) -> anyhow::Result<MigrateReport> {
-        require_schema(client, &self.settings.schema).await?;
         let status = self.status_with(client).await?;
         status.check_consistent(allow_drift)?;
         let adopted = if dry_run {

@@ -11,11 +11,28 @@ use super::Workspace;
 use crate::backup::manifest::Kind;
 use crate::config::CatchUp;
 use crate::context::OpContext;
-use crate::ledger::{Ledger, SlotState};
+use crate::ledger::{Ledger, LostSlot, SlotState};
 use crate::schedule::Schedule;
 
 /// The most missed slots one start records one by one.
 const MISSED_RECORDED: usize = 1000;
+
+/// How often an instance running a slot says so in the slots table.
+pub const SLOT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A running slot whose instance has not said so for this long is lost with its instance.
+pub const SLOT_LOST_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Marks a failure that happened before the slot was on record (the database did not
+/// answer): the caller records it once the database answers again.
+#[derive(Debug)]
+pub struct NotRecorded;
+
+impl std::fmt::Display for NotRecorded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the slot could not be put on record")
+    }
+}
 
 /// What running a slot did.
 #[derive(Debug, Clone, Serialize)]
@@ -36,28 +53,48 @@ pub enum SlotOutcome {
     },
 }
 
-/// Claims `slot` of `schedule` for `instance` and, if it was free, calls `started` and backs
-/// up and prunes. A failure is recorded with the slot and returned; the next slot tries again.
+/// Claims `slot` of `schedule` for `instance` (with `rerun`, takes it back from an instance
+/// that died running it) and, if it was free, calls `started` and backs up and prunes,
+/// beating every [`SLOT_HEARTBEAT`] meanwhile. A failure is recorded with the slot and
+/// returned; one before the slot is on record carries [`NotRecorded`].
 pub async fn run_slot(
     ws: &Workspace,
     schedule: &Schedule,
     slot: DateTime<Utc>,
     instance: &str,
+    rerun: bool,
     ctx: &OpContext,
     started: impl FnOnce(),
 ) -> anyhow::Result<SlotOutcome> {
     let config = ws.config();
-    let db = ws.database()?;
-    let client = db.connect().await?;
     let ledger = Ledger::new(&config.database.schema);
-    ledger.ensure_slots(&client).await?;
-    if !ledger
-        .claim_slot(&client, &schedule.name, slot, instance, SlotState::Running)
-        .await?
-    {
+    let claim = async {
+        let client = ws.database()?.connect().await?;
+        ledger.ensure_slots(&client).await?;
+        let claimed = if rerun {
+            ledger
+                .reclaim_lost(&client, &schedule.name, slot, instance)
+                .await?
+        } else {
+            ledger
+                .claim_slot(&client, &schedule.name, slot, instance, SlotState::Running)
+                .await?
+        };
+        anyhow::Ok((client, claimed))
+    };
+    let (client, claimed) = claim.await.map_err(|e| e.context(NotRecorded))?;
+    if !claimed {
         return Ok(SlotOutcome::TakenElsewhere);
     }
     started();
+    let beating = async {
+        loop {
+            tokio::time::sleep(SLOT_HEARTBEAT).await;
+            if let Err(e) = ledger.beat_slot(&client, &schedule.name, slot).await {
+                tracing::warn!("schedule {}: {e:#}", schedule.name);
+            }
+        }
+    };
     // Scheduled backups and migrations never interleave: both hold the migration lock.
     let work = async {
         let options = BackupOptions {
@@ -84,9 +121,12 @@ pub async fn run_slot(
             kept: plan.keep.len(),
             recorded: None,
         })
-    }
-    .await;
-    let mut work = work;
+    };
+    let mut work = tokio::select! {
+        biased;
+        w = work => w,
+        never = beating => never,
+    };
     match &mut work {
         Ok(SlotOutcome::Done {
             backup_id,
@@ -176,4 +216,46 @@ pub async fn record_missed(
         .claim_missed(&client, &schedule.name, &passed, instance)
         .await?;
     Ok((missed, latest))
+}
+
+/// Marks the slots of `schedule` whose instance died running them as failed
+/// (`instance_lost`) and returns them, oldest first.
+pub async fn reap_lost(ws: &Workspace, schedule: &Schedule) -> anyhow::Result<Vec<LostSlot>> {
+    let client = ws.database()?.connect().await?;
+    let ledger = Ledger::new(&ws.config().database.schema);
+    ledger.ensure_slots(&client).await?;
+    ledger
+        .reap_lost(&client, &schedule.name, SLOT_LOST_AFTER)
+        .await
+}
+
+/// Puts on record, as failed, slots that failed while the database did not answer;
+/// slots another instance recorded meanwhile keep that record.
+pub async fn record_failed(
+    ws: &Workspace,
+    schedule: &Schedule,
+    failed: &[(DateTime<Utc>, String)],
+    instance: &str,
+) -> anyhow::Result<()> {
+    let client = ws.database()?.connect().await?;
+    let ledger = Ledger::new(&ws.config().database.schema);
+    ledger.ensure_slots(&client).await?;
+    for (slot, error) in failed {
+        if ledger
+            .claim_slot(&client, &schedule.name, *slot, instance, SlotState::Failed)
+            .await?
+        {
+            ledger
+                .finish_slot(
+                    &client,
+                    &schedule.name,
+                    *slot,
+                    SlotState::Failed,
+                    None,
+                    Some(error),
+                )
+                .await?;
+        }
+    }
+    Ok(())
 }

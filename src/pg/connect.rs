@@ -79,6 +79,16 @@ impl Database {
                 ));
             }
         };
+        if config.get_hosts().is_empty()
+            && config.get_user().is_none()
+            && config.get_dbname().is_none()
+        {
+            // `postgres://${DB_URL_PART}` with the variable empty: connecting to a default
+            // server would back up (or migrate) a database nobody named.
+            return usage(
+                "the database url names no host, user or database (an empty variable expanded into it?); write it whole: postgres://user:password@host:port/dbname",
+            );
+        }
         config.ssl_mode(match ssl_mode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -404,6 +414,24 @@ mod tests {
         assert_eq!(crate::error::kind_of(&err), Kind::Usage);
         assert!(!format!("{err:#}").contains("secretpw"));
         assert!(format!("{err:#}").contains("sometimes"));
+    }
+
+    #[test]
+    fn a_url_that_names_nothing_is_refused() {
+        for url in [
+            "postgres://",
+            "postgresql://",
+            "postgres://?sslmode=require",
+        ] {
+            let err = Database::parse(url, &DatabaseConfig::default()).unwrap_err();
+            assert_eq!(crate::error::kind_of(&err), Kind::Usage, "{url}");
+            assert!(
+                format!("{err:#}").contains("names no host, user or database"),
+                "{url}"
+            );
+        }
+        // A database alone is enough: the host is the local one.
+        assert_eq!(parse("postgres:///app").dbname(), "app");
     }
 
     #[test]

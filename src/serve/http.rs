@@ -34,7 +34,13 @@ pub struct Daemon {
     /// the requests that arrive meanwhile share its answer, and an answer is reused for
     /// [`READY_FRESH`].
     ready: Mutex<Option<(tokio::time::Instant, Vec<String>)>>,
+    /// The last `GET /v1/backups` answer, shared the same way for [`LIST_FRESH`]: 400
+    /// requests at once read the store once and hold one copy of the answer, not 400.
+    listing: Mutex<Option<(tokio::time::Instant, Bytes)>>,
 }
+
+/// How long one backup list is reused (a backup asked for over HTTP, or a reload, clears it).
+pub const LIST_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long one readiness answer is reused.
 pub const READY_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
@@ -47,7 +53,31 @@ impl Daemon {
             op,
             manual: Mutex::new(()),
             ready: Mutex::new(None),
+            listing: Mutex::new(None),
         }
+    }
+
+    /// The backup list as `GET /v1/backups` answers it, read from the store at most once
+    /// per [`LIST_FRESH`] however many ask; failures are not kept.
+    pub async fn listing(&self) -> anyhow::Result<Bytes> {
+        let mut last = self.listing.lock().await;
+        if let Some((at, body)) = &*last {
+            if at.elapsed() < LIST_FRESH {
+                return Ok(body.clone());
+            }
+        }
+        let ws = self.ws();
+        let store = ws.store().await?;
+        let db = ws.database().ok();
+        let schema = ws.config().database.schema.clone();
+        let listed = list(&*store, db.as_ref().map(|db| (db, schema.as_str()))).await?;
+        let body = Bytes::from(serde_json::to_vec(&listed.to_json())?);
+        *last = Some((tokio::time::Instant::now(), body.clone()));
+        Ok(body)
+    }
+
+    async fn forget_listing(&self) {
+        *self.listing.lock().await = None;
     }
 
     /// What does not answer now (the database, the store), checked at most once per
@@ -78,6 +108,9 @@ impl Daemon {
         // keeps its answer for at most READY_FRESH).
         if let Ok(mut ready) = self.ready.try_lock() {
             *ready = None;
+        }
+        if let Ok(mut listing) = self.listing.try_lock() {
+            *listing = None;
         }
     }
 }
@@ -121,16 +154,8 @@ async fn status(State(d): State<Arc<Daemon>>) -> Response {
 }
 
 async fn backups(State(d): State<Arc<Daemon>>) -> Response {
-    let ws = d.ws();
-    let listed = async {
-        let store = ws.store().await?;
-        let db = ws.database().ok();
-        let schema = ws.config().database.schema.clone();
-        list(&*store, db.as_ref().map(|db| (db, schema.as_str()))).await
-    }
-    .await;
-    match listed {
-        Ok(l) => Json(l.to_json()).into_response(),
+    match d.listing().await {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => failure(&e),
     }
 }
@@ -185,7 +210,7 @@ async fn back_up_now(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Byt
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer)
         .unwrap_or("");
     if !same_secret(given.trim().as_bytes(), token.0.as_bytes()) {
         let mut answer = refusal(
@@ -234,6 +259,7 @@ async fn back_up_now(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Byt
     .await;
     match taken {
         Ok(m) => {
+            d.forget_listing().await;
             tracing::info!(
                 "backup {} taken over HTTP ({} rows, {} bytes stored)",
                 m.id,
@@ -249,6 +275,15 @@ async fn back_up_now(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Byt
     }
 }
 
+/// The credentials of an `Authorization: Bearer ...` value; the scheme is compared
+/// case-insensitively (RFC 9110, section 11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(credentials.trim())
+}
+
 /// Compares a presented token with the configured one in time that does not depend on where
 /// they differ, so the token cannot be guessed byte by byte.
 fn same_secret(given: &[u8], expected: &[u8]) -> bool {
@@ -261,7 +296,16 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::same_secret;
+    use super::{bearer, same_secret};
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer s3cret"), Some("s3cret"));
+        assert_eq!(bearer("bearer s3cret"), Some("s3cret"));
+        assert_eq!(bearer("BEARER  s3cret "), Some("s3cret"));
+        assert_eq!(bearer("Basic s3cret"), None);
+        assert_eq!(bearer("Bearers3cret"), None);
+    }
 
     #[test]
     fn tokens_match_only_when_equal() {

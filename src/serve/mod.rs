@@ -20,6 +20,7 @@ use crate::schedule::Schedule;
 
 pub mod clock;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod scheduler;
 pub mod webhook;
@@ -75,6 +76,7 @@ pub async fn serve(
     mut reloads: mpsc::Receiver<()>,
 ) -> anyhow::Result<()> {
     let Loaded { ws, schedules } = load(config_path)?;
+    listener::raise_open_files_limit();
     let instance = format!("{}:{}", hostname(), std::process::id());
     let names: Vec<String> = schedules.iter().map(|s| s.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&names));
@@ -89,18 +91,12 @@ pub async fn serve(
     };
     let daemon = Arc::new(http::Daemon::new(ws.clone(), metrics.clone(), op.clone()));
     let app = http::app(daemon.clone());
-    let http_op = op.clone();
-    let server = tokio::spawn(async move {
-        let stop = async move { http_op.cancelled().await };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!("the HTTP server stopped: {e}");
-        }
-    });
-    // /healthz and /readyz answer while the database or the store is still coming up.
-    if let Err(e) = wait_for_dependencies(&ws, &op).await {
+    let limits = listener::Limits {
+        max_connections: ws.config().server.max_connections,
+        idle_timeout: Duration::from_secs(ws.config().server.idle_timeout_secs),
+    };
+    let server = tokio::spawn(listener::run(listener, app, limits, op.clone()));
+    if let Err(e) = check_dependencies(&ws, &op).await {
         op.cancel();
         let _ = server.await;
         return Err(e);
@@ -211,34 +207,33 @@ fn notify(state: &[sd_notify::NotifyState]) {
     }
 }
 
-/// Waits until the database and the store answer, saying which does not, so READY means
-/// the service can work. Only what may pass is waited for ([`crate::error::Kind::is_transient`]: a server
-/// still starting, a store not reachable yet); anything else ends `serve` with its kind.
-async fn wait_for_dependencies(ws: &Workspace, op: &OpContext) -> anyhow::Result<()> {
-    loop {
-        let mut problems = Vec::new();
-        for (what, result) in [
-            ("database", ws.check_database().await),
-            ("store", ws.check_store().await),
-        ] {
-            if let Err(e) = result {
-                if !kind_of(&e).is_transient() {
-                    return Err(e.context(format!("the {what} can never answer as configured")));
-                }
-                problems.push(format!("the {what} does not answer: {e:#}"));
+/// Checks the database and the store once, saying which does not answer. What can never
+/// succeed as configured ends `serve` with its kind; what may pass
+/// ([`crate::error::Kind::is_transient`]: a server still starting, a store that refuses
+/// its credentials for now) is logged, and the schedules start anyway: a slot due while a
+/// dependency is down fails like any other (counted, shown, notified), it is not silence.
+async fn check_dependencies(ws: &Workspace, op: &OpContext) -> anyhow::Result<()> {
+    if op.is_cancelled() {
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    for (what, result) in [
+        ("database", ws.check_database().await),
+        ("store", ws.check_store().await),
+    ] {
+        if let Err(e) = result {
+            if !kind_of(&e).is_transient() {
+                return Err(e.context(format!("the {what} can never answer as configured")));
             }
-        }
-        if problems.is_empty() {
-            return Ok(());
-        }
-        let status = problems.join("; ");
-        tracing::error!("{status}; retrying in 5s");
-        notify(&[sd_notify::NotifyState::Status(&status)]);
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            _ = op.cancelled() => return Ok(()),
+            problems.push(format!("the {what} does not answer: {e:#}"));
         }
     }
+    if !problems.is_empty() {
+        let status = problems.join("; ");
+        tracing::error!("{status}; the schedules run, and their slots fail until it answers");
+        notify(&[sd_notify::NotifyState::Status(&status)]);
+    }
+    Ok(())
 }
 
 /// The host's name, for telling instances apart in the slots table; `/etc/hostname` when

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use super::clock::Clock;
 use crate::context::OpContext;
-use crate::ops::scheduled::{record_missed, record_overrun, run_slot, SlotOutcome};
+use crate::ops::scheduled::{
+    reap_lost, record_failed, record_missed, record_overrun, run_slot, NotRecorded, SlotOutcome,
+};
 use crate::ops::Workspace;
 use crate::schedule::Schedule;
 use chrono::Utc;
@@ -102,6 +104,7 @@ impl Scheduler {
                 op: self.op.child(),
                 retire: retire.clone(),
                 beat: beat.clone(),
+                unrecorded: Mutex::default(),
             };
             let name = job.schedule.name.clone();
             loops.push(Loop {
@@ -175,6 +178,8 @@ struct Job {
     op: OpContext,
     retire: CancellationToken,
     beat: Arc<Heartbeat>,
+    /// Slots that failed while the database did not answer, to put on record once it does.
+    unrecorded: Mutex<Vec<(chrono::DateTime<Utc>, String)>>,
 }
 
 impl Job {
@@ -189,7 +194,10 @@ impl Job {
         let mut catch_up = self.missed_at_start().await;
         let mut after = clock.now();
         while !self.stopping() {
-            let Some(slot) = catch_up.take().or_else(|| self.schedule.next_after(after)) else {
+            let Some((slot, rerun)) = catch_up
+                .take()
+                .or_else(|| self.schedule.next_after(after).map(|s| (s, false)))
+            else {
                 tracing::warn!("schedule {name} has no future slot; it stops");
                 return;
             };
@@ -208,7 +216,7 @@ impl Job {
                     _ = self.retire.cancelled() => return,
                 }
             }
-            self.run_one(slot).await;
+            self.run_one(slot, rerun).await;
             // Slots that passed while this one ran are not run in a burst: the ones nobody
             // took are recorded as missed, and the loop goes on from now.
             let now = clock.now();
@@ -233,12 +241,48 @@ impl Job {
         }
     }
 
-    /// Records the slots that passed while no instance ran; returns the one to run now
-    /// (`catch_up = "latest"`).
-    async fn missed_at_start(&self) -> Option<chrono::DateTime<Utc>> {
+    /// Marks the slots whose instance died running them as failed (`instance_lost`):
+    /// counted, shown and notified like any failure. Returns the newest of them.
+    async fn reap(&self) -> Option<chrono::DateTime<Utc>> {
+        let name = &self.schedule.name;
+        match reap_lost(&self.ws, &self.schedule).await {
+            Ok(lost) => {
+                for l in &lost {
+                    let now = self.shared.clock.now();
+                    self.shared
+                        .metrics
+                        .failed(name, "instance_lost", &l.error, 0.0, now);
+                    self.hooks.run(name).failed(&l.error, 0.0);
+                    tracing::error!("schedule {name}: slot {}: {}", l.slot, l.error);
+                }
+                lost.last().map(|l| l.slot)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "schedule {name}: could not look for slots of lost instances: {e:#}"
+                );
+                None
+            }
+        }
+    }
+
+    /// Records the slots that passed while no instance ran and those whose instance died;
+    /// returns the one to run now (`catch_up = "latest"`), and whether it is a lost one run
+    /// again.
+    async fn missed_at_start(&self) -> Option<(chrono::DateTime<Utc>, bool)> {
         let name = &self.schedule.name;
         let now = self.shared.clock.now();
-        match record_missed(&self.ws, &self.schedule, now, &self.shared.instance).await {
+        let lost = self.reap().await;
+        let rerun = lost
+            .filter(|_| self.schedule.catch_up == crate::config::CatchUp::Latest)
+            .filter(|l| self.schedule.next_after(*l).is_none_or(|next| next > now));
+        if let Some(slot) = rerun {
+            tracing::warn!(
+                "schedule {name}: slot {slot} was lost with its instance; running it again (catch_up = \"latest\")"
+            );
+        }
+        let latest = match record_missed(&self.ws, &self.schedule, now, &self.shared.instance).await
+        {
             Ok((missed, latest)) => {
                 self.shared.metrics.missed(name, missed.len() as u64);
                 if !missed.is_empty() {
@@ -258,12 +302,39 @@ impl Job {
                 tracing::warn!("schedule {name}: could not check for missed slots: {e:#}");
                 None
             }
+        };
+        // A newer slot that passed unrun goes before running a lost older one again.
+        latest.map(|s| (s, false)).or(rerun.map(|s| (s, true)))
+    }
+
+    /// Puts on record the slots that failed while the database did not answer.
+    async fn record_unrecorded(&self) {
+        let pending =
+            std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(|p| p.into_inner()));
+        if pending.is_empty() {
+            return;
+        }
+        if let Err(e) =
+            record_failed(&self.ws, &self.schedule, &pending, &self.shared.instance).await
+        {
+            tracing::debug!(
+                "schedule {}: failed slots still not on record: {e:#}",
+                self.schedule.name
+            );
+            self.unrecorded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(pending);
         }
     }
 
-    async fn run_one(&self, slot: chrono::DateTime<Utc>) {
+    async fn run_one(&self, slot: chrono::DateTime<Utc>, rerun: bool) {
         let name = &self.schedule.name;
         let metrics = &self.shared.metrics;
+        self.record_unrecorded().await;
+        if !rerun {
+            self.reap().await;
+        }
         let started = std::time::Instant::now();
         let hooks = self.hooks.run(name);
         self.beat.running.store(true, Ordering::Relaxed);
@@ -272,6 +343,7 @@ impl Job {
             &self.schedule,
             slot,
             &self.shared.instance,
+            rerun,
             &self.op,
             || hooks.started(),
         )
@@ -317,6 +389,12 @@ impl Job {
             Err(e) => {
                 let reason = crate::error::kind_of(&e).name();
                 let message = format!("{e:#}");
+                if e.downcast_ref::<NotRecorded>().is_some() {
+                    self.unrecorded
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((slot, message.clone()));
+                }
                 metrics.failed(name, reason, &message, secs, now);
                 hooks.failed(&message, secs);
                 tracing::error!(

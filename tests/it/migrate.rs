@@ -146,6 +146,31 @@ fn three_step_project(db: &TestDb) -> Project {
 }
 
 #[tokio::test]
+async fn a_schema_that_does_not_exist_is_an_error_for_every_command() {
+    let db = TestDb::new().await;
+    let mut p = Project::new(&db);
+    p.set_section("database", "schema = \"pubilc\"");
+    for args in [
+        &["current"][..],
+        &["history"],
+        &["backup"],
+        &["upgrade"],
+        &["upgrade", "--dry-run"],
+        &["downgrade", "-1"],
+    ] {
+        let r = p.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {r}");
+        assert!(
+            r.stderr.contains("schema \"pubilc\" does not exist"),
+            "{args:?}: {r}"
+        );
+    }
+    // Nothing was created on the way.
+    let c = db.client().await;
+    assert!(tables(&c).await.is_empty());
+}
+
+#[tokio::test]
 async fn relative_and_named_targets() {
     let db = TestDb::new().await;
     let p = three_step_project(&db);

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::common::*;
 
-fn utc(s: &str) -> DateTime<Utc> {
+pub fn utc(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
@@ -31,7 +31,7 @@ pub struct Loops {
 }
 
 /// A project with data and `entries` as its `[[schedule]]` section(s).
-async fn project(db: &TestDb, store: &TestStore, entries: &str) -> Project {
+pub async fn project(db: &TestDb, store: &TestStore, entries: &str) -> Project {
     let mut p = Project::new(db);
     p.use_store(store);
     p.set_section("[schedule]", entries);
@@ -101,7 +101,7 @@ pub async fn move_to(clock: &ManualClock, at: DateTime<Utc>, sleeping: usize) {
 }
 
 /// The slots of `schedule` as `("10:00", "done")`, to compare with [`at_states`].
-async fn states_by_time(db: &TestDb, schedule: &str) -> Vec<(String, String)> {
+pub async fn states_by_time(db: &TestDb, schedule: &str) -> Vec<(String, String)> {
     slots(db, schedule)
         .await
         .into_iter()
@@ -109,7 +109,7 @@ async fn states_by_time(db: &TestDb, schedule: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn at_states(v: &[(&str, &str)]) -> Vec<(String, String)> {
+pub fn at_states(v: &[(&str, &str)]) -> Vec<(String, String)> {
     v.iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect()

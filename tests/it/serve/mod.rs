@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 pub(crate) mod clock;
+mod flood;
 mod http;
-mod resilience;
+mod lost;
+pub(crate) mod resilience;
 mod schedules;
 
 /// A project whose one schedule fires every two seconds.

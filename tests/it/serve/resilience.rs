@@ -136,13 +136,13 @@ async fn a_reload_replaces_the_schedules_and_a_bad_file_keeps_them() {
 }
 
 /// A loopback webhook receiver: every POST's path and JSON body, in arrival order.
-struct Receiver {
-    port: u16,
+pub(crate) struct Receiver {
+    pub port: u16,
     calls: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
 }
 
 impl Receiver {
-    fn start() -> Receiver {
+    pub fn start() -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let calls: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
@@ -183,11 +183,11 @@ impl Receiver {
         Receiver { port, calls }
     }
 
-    fn calls(&self) -> Vec<(String, serde_json::Value)> {
+    pub fn calls(&self) -> Vec<(String, serde_json::Value)> {
         self.calls.lock().unwrap().clone()
     }
 
-    fn count(&self, path: &str) -> usize {
+    pub fn count(&self, path: &str) -> usize {
         self.calls().iter().filter(|(p, _)| p == path).count()
     }
 }
@@ -325,6 +325,18 @@ async fn a_database_stopped_and_started_under_the_daemon_is_survived() {
     let (code, stderr) = stop(child);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("failed (database_unavailable)"), "{stderr}");
+    // The slots that failed while the database was down are on record now, with why.
+    let unrecorded: i64 = connect(&url)
+        .await
+        .query_one(
+            "SELECT count(*) FROM backstop_schedule_slots
+             WHERE schedule = 'fast' AND state = 'failed' AND error LIKE 'the slot could not be put on record: %'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(unrecorded >= 1, "{stderr}");
 }
 
 #[tokio::test]

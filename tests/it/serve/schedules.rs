@@ -142,6 +142,8 @@ fn the_systemd_unit_verifies_and_is_sandboxed() {
         unit.contains("Type=notify") && unit.contains("WatchdogSec="),
         "{unit}"
     );
+    // Idle sockets must not take the descriptors a backup needs (1024 is a shell's limit).
+    assert!(unit.contains("\nLimitNOFILE=65536\n"), "{unit}");
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("backstop.service");
     // verify insists that ExecStart's program exists: point it at the built binary.

@@ -11,22 +11,34 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-/// Sets up logging: `daemon` for `serve`, which runs unattended.
+/// Sets up logging: `daemon` for `serve`, which runs unattended. `level` is for backstop's
+/// own lines; the libraries below it speak only of errors, at every level: their debug and
+/// trace lines carry URLs with credentials (hyper prints a webhook's `user:password`), and
+/// their warnings are raw text a user cannot act on (the S3 SDK's checksum notices).
 pub fn init(level: Level, daemon: bool) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    let only = Targets::new()
+        .with_target("backstop", level)
+        .with_default(LevelFilter::ERROR);
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(level)
+        .with_max_level(Level::TRACE)
         .with_target(false);
-    if stderr_is_journal() {
-        builder.with_ansi(false).event_format(Journald).init();
+    let installed = if stderr_is_journal() {
+        let s = builder.with_ansi(false).event_format(Journald).finish();
+        tracing::subscriber::set_global_default(s.with(only))
     } else if daemon {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+        let s = builder.with_ansi(std::io::stderr().is_terminal()).finish();
+        tracing::subscriber::set_global_default(s.with(only))
     } else {
-        builder
+        let s = builder
             .with_ansi(std::io::stderr().is_terminal())
             .without_time()
-            .init();
-    }
+            .finish();
+        tracing::subscriber::set_global_default(s.with(only))
+    };
+    installed.expect("logging is set up once");
 }
 
 /// True when stderr is the journal stream systemd connected (`JOURNAL_STREAM` names its

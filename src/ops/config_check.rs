@@ -110,9 +110,20 @@ pub async fn check(explicit: Option<&Path>) -> anyhow::Result<CheckReport> {
         Some(url) => {
             // A url that does not parse is among the problems already.
             if let Ok(db) = Database::parse(&url.0, &config.database) {
-                match missing_tables(config, &schedules, &db, &origin).await {
-                    Err(e) => unchecked.push(format!("the tables named were not checked: {e:#}")),
-                    Ok(missing) => problems.extend(missing),
+                match db.connect().await {
+                    // The server answered and said no: that is the configuration's problem.
+                    Err(e) if e.downcast_ref::<crate::pg::Refused>().is_some() => {
+                        problems.push(format!("{origin}: [database] url: {e:#}"))
+                    }
+                    Err(e) => unchecked.push(format!(
+                        "the database did not answer, so the tables named were not checked: {e:#}"
+                    )),
+                    Ok(_) => match missing_tables(config, &schedules, &db, &origin).await {
+                        Err(e) => {
+                            unchecked.push(format!("the tables named were not checked: {e:#}"))
+                        }
+                        Ok(missing) => problems.extend(missing),
+                    },
                 }
             }
         }

@@ -62,6 +62,17 @@ impl fmt::Debug for Database {
     }
 }
 
+/// Marks a connection the server refused for its user, password or database, as opposed to
+/// a server that did not answer: `config check` reports it as a problem.
+#[derive(Debug)]
+pub struct Refused;
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the server refused the connection")
+    }
+}
+
 impl Database {
     /// Parses a URL (`postgres://…`) or a libpq key/value string and applies the timeouts
     /// from `[database]`. Errors never repeat the URL, which may hold a password.
@@ -163,11 +174,18 @@ impl Database {
             .join(",")
     }
 
-    /// Opens a connection and spawns its driver task.
+    /// Opens a connection and spawns its driver task. A connection the server refused (the
+    /// user, password or database) carries [`Refused`].
     pub async fn connect(&self) -> anyhow::Result<Client> {
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls_config()?);
         let (client, connection) = self.config.connect(tls).await.map_err(|e| {
             let from_server = e.as_db_error().is_some();
+            // Class 28 (the user or password) and 3D000 (no such database): the server
+            // answered and said no, which only a changed url or server can cure.
+            let refused = e.as_db_error().is_some_and(|d| {
+                let code = d.code().code();
+                code.starts_with("28") || code == "3D000"
+            });
             let message = PgError::from(e).message;
             let hint = if message.contains("channel binding") {
                 "channel_binding=require needs SCRAM password authentication over TLS, which this server did not offer; connect over TLS with a SCRAM password, or use channel_binding=prefer"
@@ -176,16 +194,21 @@ impl Database {
             } else {
                 "check that the server is running and reachable there, and the host, port and sslmode in the database url"
             };
-            err(
+            let e = err(
                 Kind::DatabaseUnavailable,
                 format!(
-                "could not connect to PostgreSQL at {} (user {}, database {}): {}; {hint}",
-                self.endpoints(),
-                self.config.get_user().unwrap_or("?"),
-                self.dbname(),
-                message
-            ),
-            )
+                    "could not connect to PostgreSQL at {} (user {}, database {}): {}; {hint}",
+                    self.endpoints(),
+                    self.config.get_user().unwrap_or("?"),
+                    self.dbname(),
+                    message
+                ),
+            );
+            if refused {
+                e.context(Refused)
+            } else {
+                e
+            }
         })?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {

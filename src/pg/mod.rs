@@ -9,6 +9,6 @@ pub mod lock;
 pub mod session;
 mod sql;
 
-pub use connect::{sqlalchemy_url, Database, SslMode};
+pub use connect::{sqlalchemy_url, Database, Refused, SslMode};
 pub use error::{render, PgContext, PgError};
 pub use sql::{qualified, quote_ident, quote_literal};

@@ -152,6 +152,38 @@ async fn config_check_names_every_problem_at_once() {
     assert!(r.stdout.contains("configuration OK (1 schedule(s))"), "{r}");
 }
 
+#[tokio::test]
+async fn config_check_reports_a_database_that_refuses_the_connection() {
+    let db = TestDb::new().await;
+    let p = Project::new(&db);
+    let (base, _) = db.url.rsplit_once('/').unwrap();
+    let (scheme, host) = base.split_once("://").unwrap();
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    for (url, says) in [
+        (
+            format!("{base}/no_such_database_here"),
+            "database \"no_such_database_here\" does not exist",
+        ),
+        (
+            format!("{scheme}://nobody_here:hunter2@{host}/{}", db.name),
+            "role \"nobody_here\" does not exist",
+        ),
+    ] {
+        let file = p.path().join("refused.toml");
+        std::fs::write(
+            &file,
+            format!("[database]\nurl = \"{url}\"\n\n[[schedule]]\nname = \"nightly\"\ncron = \"0 0 3 * * *\"\n"),
+        )
+        .unwrap();
+        let r = p.run(&["--config", file.to_str().unwrap(), "config", "check"]);
+        assert_eq!(r.code, 2, "{r}");
+        assert!(r.stdout.contains("[database] url:"), "{r}");
+        assert!(r.stdout.contains(says), "{r}");
+        assert!(!r.stdout.contains("configuration OK"), "{r}");
+        assert!(!format!("{r}").contains("hunter2"), "{r}");
+    }
+}
+
 /// Every key path of a TOML document (`database.url`, `schedule.name`), arrays of tables
 /// read through.
 fn key_paths(v: &toml::Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {

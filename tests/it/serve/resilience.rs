@@ -460,3 +460,34 @@ async fn a_webhook_that_never_answers_neither_fails_nor_delays_backups() {
     assert!(stderr.contains("interrupted twice"), "{stderr}");
     assert_eq!(out.status.code(), Some(1), "{stderr}");
 }
+
+#[tokio::test]
+async fn at_the_most_verbose_level_no_line_carries_a_webhook_credential() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let mut p = scheduled(&db, &store).await;
+    let hooks = Receiver::start();
+    p.set_section(
+        "notify",
+        &format!(
+            "on_success = \"http://hookuser:hookpass@127.0.0.1:{}/ok\"",
+            hooks.port
+        ),
+    );
+    let child = p
+        .cmd(&["-vv", "serve"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    until(Duration::from_secs(20), "a success call", || {
+        hooks.count("/ok") >= 1
+    })
+    .await;
+    let (code, stderr) = stop(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    // -vv took effect: backstop's own debug lines are there.
+    assert!(stderr.contains("open files limit"), "{stderr}");
+    assert!(!stderr.contains("hookpass"), "{stderr}");
+    assert!(!stderr.contains("hookuser"), "{stderr}");
+}

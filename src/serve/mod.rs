@@ -1,6 +1,8 @@
-//! The daemon, as a front end of the library beside the command line. It loads the configuration, answers over HTTP at once (health,
-//! readiness naming what is missing, metrics), waits for the database and the store, then
-//! runs the schedules (see `scheduler`) and tells systemd it is ready. SIGHUP re-reads the
+//! The daemon, as a front end of the library beside the command line. It loads the
+//! configuration, answers over HTTP at once through a bounded accept loop (`listener`:
+//! health, readiness naming what is missing, metrics), checks the database and the store
+//! once (what can never work ends it), then runs the schedules (see `scheduler`) whether or
+//! not they answer yet, and tells systemd it is ready. SIGHUP re-reads the
 //! configuration and replaces the schedules; a bad file is logged and the running one kept.
 //! Ctrl-C or SIGTERM cancels the operation context: nothing new starts, a running backup
 //! stops cleanly (upload aborted, no manifest), and `serve` exits 0.

@@ -32,6 +32,9 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// taking them right now; older ones nobody took are recorded as missed.
 const OVERRUN_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
 
+/// The most failed slots a loop keeps to put on record once the database answers again.
+const UNRECORDED_KEPT: usize = 1000;
+
 /// A schedule loop's sign of life, for the watchdog.
 #[derive(Default)]
 pub struct Heartbeat {
@@ -390,10 +393,11 @@ impl Job {
                 let reason = crate::error::kind_of(&e).name();
                 let message = format!("{e:#}");
                 if e.downcast_ref::<NotRecorded>().is_some() {
-                    self.unrecorded
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((slot, message.clone()));
+                    let mut pending = self.unrecorded.lock().unwrap_or_else(|p| p.into_inner());
+                    pending.push((slot, message.clone()));
+                    // A dense schedule and a long outage: keep the newest, as missed slots are.
+                    let over = pending.len().saturating_sub(UNRECORDED_KEPT);
+                    pending.drain(..over);
                 }
                 metrics.failed(name, reason, &message, secs, now);
                 hooks.failed(&message, secs);

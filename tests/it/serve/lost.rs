@@ -4,12 +4,12 @@
 //! the test moves.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backstop::serve::ManualClock;
 
 use super::clock::{at_states, project, settled, start, states_by_time, utc};
-use super::resilience::Receiver;
+use super::resilience::{until, Receiver};
 use crate::common::*;
 
 #[tokio::test]
@@ -77,14 +77,10 @@ async fn slots_of_a_dead_instance_are_failed_counted_notified_and_the_latest_run
         "{text}"
     );
     // on_failure heard of it, naming the instance.
-    let started = Instant::now();
-    while hooks.count("/fail") == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no on_failure call"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(Duration::from_secs(30), "an on_failure call", || {
+        hooks.count("/fail") >= 1
+    })
+    .await;
     let (_, call) = &hooks.calls()[0];
     assert_eq!(call["event"], "failure", "{call}");
     let error = call["error"].as_str().unwrap();

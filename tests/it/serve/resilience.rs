@@ -30,7 +30,7 @@ fn backups_of(p: &Project, schedule: &str) -> usize {
 }
 
 /// Polls `what` every 200 ms until it holds; fails after `limit`.
-async fn until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+pub async fn until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let started = Instant::now();
     while !check() {
         assert!(started.elapsed() < limit, "waited {limit:?} for {what}");

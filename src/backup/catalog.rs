@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use anyhow::Context;
 use bytes::Bytes;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -23,8 +24,8 @@ pub const LEASE_REFRESH: Duration = Duration::from_secs(20);
 pub const LEASE_FRESH: Duration = Duration::from_secs(120);
 
 /// Writes the lease of `backup_id` (before the first table, so a backup is never without
-/// one). A failed write is only logged: the backup itself fails if the store is gone.
-pub async fn write_lease(store: &Store, backup_id: &str) {
+/// one).
+pub async fn write_lease(store: &Store, backup_id: &str) -> anyhow::Result<()> {
     let body = serde_json::json!({
         "pid": std::process::id(),
         "refreshed_at": OffsetDateTime::now_utc()
@@ -32,16 +33,20 @@ pub async fn write_lease(store: &Store, backup_id: &str) {
             .unwrap_or_default(),
     });
     let key = format!("{backup_id}/{LEASE_NAME}");
-    if let Err(e) = store.put(&key, Bytes::from(body.to_string()), false).await {
-        tracing::warn!("could not write the lease of backup {backup_id}: {e:#}");
-    }
+    store
+        .put(&key, Bytes::from(body.to_string()), false)
+        .await
+        .with_context(|| format!("writing the lease of backup {backup_id}"))
 }
 
 /// Rewrites the lease every [`LEASE_REFRESH`]; never returns (drop it when the work ends).
+/// A failed refresh is only logged: the backup itself fails if the store is gone.
 pub async fn keep_lease(store: &Store, backup_id: &str) {
     loop {
         tokio::time::sleep(LEASE_REFRESH).await;
-        write_lease(store, backup_id).await;
+        if let Err(e) = write_lease(store, backup_id).await {
+            tracing::warn!("{e:#}");
+        }
     }
 }
 

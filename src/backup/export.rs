@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::Transaction;
 
 use super::manifest::{ColumnEntry, Manifest, OnRestore, Scope, SequenceEntry, TableEntry};
+use super::Leftovers;
 use crate::context::OpContext;
 use crate::error::{err, Kind};
 use crate::pg::{qualified, quote_ident, Database, PgContext, PgError};
@@ -57,6 +58,9 @@ pub struct ExportJob<'a> {
     pub ctx: &'a OpContext,
     /// Where the exporting sessions are, to cancel a COPY whose upload failed.
     pub db: &'a Database,
+    /// Where a failed table leaves its unfinished upload, aborted once the caller has let
+    /// the database go.
+    pub leftovers: &'a Leftovers,
 }
 
 /// Exports `spec` from the snapshot of `tx` into the backup's folder.
@@ -71,6 +75,7 @@ pub async fn export_table(
         zstd_level,
         ctx,
         db,
+        leftovers,
     } = job;
     let progress = ctx.observer();
     let key = Manifest::table_key(backup_id, &spec.schema, &spec.name);
@@ -142,21 +147,32 @@ pub async fn export_table(
             // Stop the server sending the rest of the table; the session would otherwise
             // read it all before it could roll back.
             db.cancel(tx.cancel_token()).await;
-            upload.abort().await;
+            leftovers.upload(upload);
             return Err(e.context(format!("backing up table {}", spec.name)));
         }
     };
     let (sha256, compressed_bytes) = match compressed.and_then(|r| r) {
         Ok(v) => v,
         Err(e) => {
-            upload.abort().await;
+            leftovers.upload(upload);
             return Err(e.context(format!("compressing table {}", spec.name)));
         }
     };
-    let stored = upload
-        .finish()
-        .await
-        .with_context(|| format!("storing table {} in {}", spec.name, store.describe()))?;
+    let finished = tokio::select! {
+        r = upload.finish() => r,
+        _ = ctx.cancelled() => Err(ctx.interrupted()),
+    };
+    let stored = match finished {
+        Ok(n) => n,
+        Err(e) => {
+            leftovers.upload(upload);
+            return Err(e.context(format!(
+                "storing table {} in {}",
+                spec.name,
+                store.describe()
+            )));
+        }
+    };
     if stored != compressed_bytes {
         anyhow::bail!(
             "stored {stored} bytes of table {} but compressed {compressed_bytes}",

@@ -9,6 +9,7 @@
 
 pub mod catalog;
 pub mod export;
+pub mod leftovers;
 pub mod manifest;
 pub mod prune;
 pub mod read;
@@ -28,6 +29,7 @@ use crate::pg::session::pin_session;
 use crate::pg::{quote_literal, Database, PgContext};
 use crate::store::Store;
 use export::{export_table, ExportJob, TableSpec};
+pub use leftovers::Leftovers;
 use manifest::{
     new_backup_id, ColumnEntry, DatabaseIdentity, Kind, Manifest, Scope, SequenceEntry, TableEntry,
     MANIFEST_FORMAT,
@@ -162,13 +164,50 @@ pub async fn export(
     specs: &[TableSpec],
     ctx: &OpContext,
 ) -> anyhow::Result<Manifest> {
+    let leftovers = Leftovers::new();
+    match export_deferred(tx, db, workers, store, header, specs, &leftovers, ctx).await {
+        Ok(m) => Ok(m),
+        Err(e) => {
+            let what = leftovers.clean(store, cleanup_bound(store, ctx)).await;
+            Err(e.context(format!("{what}; the database was not changed")))
+        }
+    }
+}
+
+/// How long the clean-up of a failed backup may take: half the store's patience (its
+/// requests are small; a store that answers at all answers them at once), and only a few
+/// seconds once the operation was interrupted. A failed backup thus ends within one and a
+/// half patience of the store's last answer.
+pub fn cleanup_bound(store: &Store, ctx: &OpContext) -> std::time::Duration {
+    let half = (store.patience() / 2).max(std::time::Duration::from_secs(2));
+    if ctx.is_cancelled() {
+        half.min(leftovers::CLEANUP_AFTER_INTERRUPT)
+    } else {
+        half
+    }
+}
+
+/// [`export`], leaving what a failure wrote in `leftovers` for the caller to clean up
+/// once it has let the database go (a downgrade rolls back first, releasing its locks).
+#[allow(clippy::too_many_arguments)]
+pub async fn export_deferred(
+    tx: &Transaction<'_>,
+    db: &Database,
+    workers: Option<Workers<'_>>,
+    store: &Store,
+    header: ManifestHeader,
+    specs: &[TableSpec],
+    leftovers: &Leftovers,
+    ctx: &OpContext,
+) -> anyhow::Result<Manifest> {
     // Values print the same whichever session the caller set up (guarantee 6).
     let pinned = crate::pg::session::PinnedValues::pin(tx).await?;
-    let manifest = export_pinned(tx, db, workers, store, header, specs, ctx).await?;
+    let manifest = export_pinned(tx, db, workers, store, header, specs, leftovers, ctx).await?;
     pinned.restore(tx).await?;
     Ok(manifest)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn export_pinned(
     tx: &Transaction<'_>,
     db: &Database,
@@ -176,6 +215,7 @@ async fn export_pinned(
     store: &Store,
     header: ManifestHeader,
     specs: &[TableSpec],
+    leftovers: &Leftovers,
     ctx: &OpContext,
 ) -> anyhow::Result<Manifest> {
     let identity = identity(tx).await?;
@@ -193,37 +233,35 @@ async fn export_pinned(
         zstd_level: header.zstd_level,
         ctx,
         db,
+        leftovers,
     };
     ctx.observer()
         .begin("backup", specs.iter().map(|s| s.estimated_bytes).sum());
+    // From the lease on, whatever fails leaves this folder to be removed.
+    leftovers.backup(&id);
     let work = async {
+        // The lease tells `prune` this folder is being written. A store that cannot take
+        // it will not take the tables either, so the backup stops here.
+        ctx.unless_cancelled(catalog::write_lease(store, &id))
+            .await?;
         let tables = match workers {
             Some(w) if w.extra > 0 && specs.len() > 1 => {
                 export_parallel(tx, db, w, job, specs).await
             }
             _ => export_sequential(tx, job, specs).await,
         }?;
-        check_objects(store, &id, &tables).await?;
+        ctx.unless_cancelled(check_objects(store, &id, &tables))
+            .await?;
         anyhow::Ok(tables)
     };
-    // The lease tells `prune` this folder is being written; it is refreshed until the
-    // tables are stored and checked (the refresher never ends on its own).
-    catalog::write_lease(store, &id).await;
+    // The lease is refreshed until the tables are stored and checked (the refresher never
+    // ends on its own).
     let exported = tokio::select! {
         r = work => r,
         _ = catalog::keep_lease(store, &id) => unreachable!("the lease is kept until the work ends"),
     };
     ctx.observer().end();
-    let tables = match exported {
-        Ok(t) => t,
-        Err(e) => {
-            let what = match discard(store, &id).await {
-                Ok(()) => "the backup failed and was removed".to_string(),
-                Err(left) => format!("the backup failed and {left}"),
-            };
-            return Err(e.context(format!("{what}; the database was not changed")));
-        }
-    };
+    let tables = exported?;
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         id: id.clone(),
@@ -241,13 +279,9 @@ async fn export_pinned(
         load_order,
         sequences: header.sequences,
     };
-    if let Err(e) = write_manifest(store, &manifest).await {
-        let what = match discard(store, &id).await {
-            Ok(()) => "writing the manifest failed; the backup was removed".to_string(),
-            Err(left) => format!("writing the manifest failed and {left}"),
-        };
-        return Err(e.context(what));
-    }
+    ctx.unless_cancelled(write_manifest(store, &manifest))
+        .await
+        .context("writing the manifest")?;
     catalog::drop_lease(store, &id).await;
     Ok(manifest)
 }
@@ -376,24 +410,4 @@ async fn check_objects(store: &Store, id: &str, tables: &[TableEntry]) -> anyhow
         }
     }
     Ok(())
-}
-
-/// Removes whatever a failed backup left in the store; when that fails, says what is left.
-async fn discard(store: &Store, backup_id: &str) -> Result<(), String> {
-    let removed = async {
-        let keys: Vec<String> = store
-            .list(&format!("{backup_id}/"))
-            .await?
-            .into_iter()
-            .map(|o| o.key)
-            .collect();
-        store.delete(&keys).await
-    }
-    .await;
-    removed.map_err(|e| {
-        tracing::warn!("could not remove the partial backup {backup_id}: {e:#}");
-        format!(
-            "its partial upload {backup_id} could not be removed ({e:#}); `backstop backups prune` removes it"
-        )
-    })
 }

@@ -139,10 +139,14 @@ pub struct StorageConfig {
     pub secret_access_key: Option<Secret>,
     /// Give up opening a connection to the store after this long.
     pub connect_timeout_secs: u64,
-    /// Give up on a request (or a download) that received nothing for this long, so a
-    /// store that accepts connections and never answers fails the run instead of hanging.
+    /// Give up on a request (one part of an upload, a listing page, a small object) that
+    /// has no answer after this long, retries included, or a download that received nothing
+    /// for this long. It bounds how long a downgrade holds its locks once the store stops
+    /// answering, so the default is short: 20 s asks at least 1 MiB/s of the store (four
+    /// parts of 5 MiB in flight).
     pub read_timeout_secs: u64,
-    /// Give up on one request, retries included, after this long.
+    /// Give up on one request, retries included, after this long (the shorter of the two
+    /// applies).
     pub operation_timeout_secs: u64,
 }
 
@@ -156,7 +160,7 @@ impl Default for StorageConfig {
             access_key_id: None,
             secret_access_key: None,
             connect_timeout_secs: 10,
-            read_timeout_secs: 60,
+            read_timeout_secs: 20,
             operation_timeout_secs: 600,
         }
     }

@@ -77,6 +77,7 @@ impl Ledger {
         schedule: &str,
         slots: &[chrono::DateTime<chrono::Utc>],
         instance: &str,
+        why: &str,
     ) -> anyhow::Result<Vec<chrono::DateTime<chrono::Utc>>> {
         if slots.is_empty() {
             return Ok(Vec::new());
@@ -84,13 +85,19 @@ impl Ledger {
         let rows = client
             .query(
                 &format!(
-                    "INSERT INTO {} (schedule, slot, state, instance)
-                     SELECT $1, s, $3, $4 FROM unnest($2::timestamptz[]) s
+                    "INSERT INTO {} (schedule, slot, state, instance, error)
+                     SELECT $1, s, $3, $4, $5 FROM unnest($2::timestamptz[]) s
                      ON CONFLICT (schedule, slot) DO NOTHING
                      RETURNING slot",
                     self.slots()
                 ),
-                &[&schedule, &slots, &SlotState::Missed.as_str(), &instance],
+                &[
+                    &schedule,
+                    &slots,
+                    &SlotState::Missed.as_str(),
+                    &instance,
+                    &why,
+                ],
             )
             .await
             .pg(|| format!("recording missed slots of schedule {schedule}"))?;

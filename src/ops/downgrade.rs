@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 use super::backup::{take, BackupOptions};
 use super::migration::{MigrateReport, Migrator, Protection};
 use crate::backup::manifest::Kind;
-use crate::backup::{export, ManifestHeader};
+use crate::backup::{cleanup_bound, export_deferred, Leftovers, ManifestHeader};
 use crate::context::OpContext;
 use crate::error::{Kind as ErrorKind, WithKind};
 use crate::migrate::{Direction, DownTarget, Target};
@@ -80,6 +80,23 @@ fn backup_failed(e: anyhow::Error) -> anyhow::Error {
     ))
 }
 
+/// Rolls a failed downgrade back now, so its locks are gone before anything else is waited
+/// for. A rollback that does not end soon is left to the connection's end (the server then
+/// rolls back itself).
+async fn release(tx: tokio_postgres::Transaction<'_>) {
+    match tokio::time::timeout(ROLLBACK_WAIT, tx.rollback()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!("rolling the downgrade back: {e}"),
+        Err(_) => tracing::warn!(
+            "the rollback of the downgrade did not end within {}s; the locks go with the connection",
+            ROLLBACK_WAIT.as_secs()
+        ),
+    }
+}
+
+/// How long a rollback may take before the connection is closed instead.
+const ROLLBACK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn protected(
     m: &Migrator,
     client: &mut Client,
@@ -140,9 +157,28 @@ async fn protected(
             zstd_level: m.backup.zstd_level,
             sequences: planned.export_sequences,
         };
-        let manifest = export(&tx, &m.db, None, store, header, &planned.export, ctx)
-            .await
-            .map_err(backup_failed)?;
+        let leftovers = Leftovers::new();
+        let exported = export_deferred(
+            &tx,
+            &m.db,
+            None,
+            store,
+            header,
+            &planned.export,
+            &leftovers,
+            ctx,
+        )
+        .await;
+        let manifest = match exported {
+            Ok(manifest) => manifest,
+            Err(e) => {
+                // Writers wait for the failure, not for the clean-up: the locks go first,
+                // then the partial upload (a request to the store that just failed).
+                release(tx).await;
+                let what = leftovers.clean(store, cleanup_bound(store, ctx)).await;
+                return Err(backup_failed(e.context(what)));
+            }
+        };
         tracing::info!(
             "backed up {} table(s) as {}",
             planned.export.len(),

@@ -174,12 +174,13 @@ pub async fn record_overrun(
     slot: DateTime<Utc>,
     until: DateTime<Utc>,
     instance: &str,
+    why: &str,
 ) -> anyhow::Result<Vec<DateTime<Utc>>> {
     let db = ws.database()?;
     let client = db.connect().await?;
     let passed = schedule.slots_between(slot, until, MISSED_RECORDED);
     Ledger::new(&ws.config().database.schema)
-        .claim_missed(&client, &schedule.name, &passed, instance)
+        .claim_missed(&client, &schedule.name, &passed, instance, why)
         .await
 }
 
@@ -213,7 +214,13 @@ pub async fn record_missed(
         CatchUp::None => None,
     };
     let missed = ledger
-        .claim_missed(&client, &schedule.name, &passed, instance)
+        .claim_missed(
+            &client,
+            &schedule.name,
+            &passed,
+            instance,
+            "passed while no instance ran",
+        )
         .await?;
     Ok((missed, latest))
 }

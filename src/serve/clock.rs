@@ -115,6 +115,75 @@ impl Drop for Asleep {
     }
 }
 
+/// How often [`Pauses::watch`] looks at the clock.
+const PAUSE_TICK: Duration = Duration::from_secs(1);
+/// A look at the clock this much later than the last one means the process did not run.
+pub const PAUSE_GAP: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+/// Pauses remembered, newest last.
+const PAUSES_KEPT: usize = 16;
+
+/// When a pause ended and how long it was.
+type Pause = (DateTime<Utc>, chrono::TimeDelta);
+
+/// Notices that the process did not run (SIGSTOP, a suspended machine, a host too loaded to
+/// schedule it) or that the clock was set forward: a task that looks at the clock every
+/// second sees a far longer gap. From inside the process the two cannot be told apart, and
+/// neither is a schedule denser than its backups, which is what slots missed during a run
+/// were otherwise blamed on.
+pub struct Pauses {
+    clock: std::sync::Arc<dyn Clock>,
+    /// The last look and the pauses seen.
+    seen: std::sync::Mutex<(DateTime<Utc>, std::collections::VecDeque<Pause>)>,
+}
+
+impl Pauses {
+    pub fn new(clock: std::sync::Arc<dyn Clock>) -> Pauses {
+        let now = clock.now();
+        Pauses {
+            clock,
+            seen: std::sync::Mutex::new((now, Default::default())),
+        }
+    }
+
+    /// Looks at the clock every second (on tokio's timer, not the clock's own sleep) until
+    /// `stop` resolves.
+    pub async fn watch(&self, stop: impl std::future::Future<Output = ()>) {
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            self.look();
+            tokio::select! {
+                _ = tokio::time::sleep(PAUSE_TICK) => {}
+                _ = &mut stop => return,
+            }
+        }
+    }
+
+    fn look(&self) {
+        let now = self.clock.now();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let gap = now - seen.0;
+        if gap > PAUSE_GAP {
+            seen.1.push_back((now, gap));
+            if seen.1.len() > PAUSES_KEPT {
+                seen.1.pop_front();
+            }
+        }
+        seen.0 = seen.0.max(now);
+    }
+
+    /// The longest pause that ended after `since`, the one going on now included (the
+    /// watcher may not have looked since the process ran again).
+    pub fn longest_since(&self, since: DateTime<Utc>) -> Option<chrono::TimeDelta> {
+        self.look();
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.1
+            .iter()
+            .filter(|(ended, _)| *ended > since)
+            .map(|(_, gap)| *gap)
+            .max()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::metrics::Metrics;
+use super::ready::Readiness;
 
 /// What the handlers share. The workspace is replaced when SIGHUP brings a new configuration.
 pub struct Daemon {
@@ -29,11 +30,8 @@ pub struct Daemon {
     op: OpContext,
     /// Held while a backup asked for over HTTP runs: one at a time.
     manual: Mutex<()>,
-    /// The last readiness check and when it ended. `/readyz` needs no token, so a flood of
-    /// it must not become a flood of connections to the database: one check runs at a time,
-    /// the requests that arrive meanwhile share its answer, and an answer is reused for
-    /// [`READY_FRESH`].
-    ready: Mutex<Option<(tokio::time::Instant, Vec<String>)>>,
+    /// Whether the database and store answer, shared by every `/readyz` and by `READY=1`.
+    pub readiness: Readiness,
     /// The last `GET /v1/backups` answer, shared the same way for [`LIST_FRESH`]: 400
     /// requests at once read the store once and hold one copy of the answer, not 400.
     listing: Mutex<Option<(tokio::time::Instant, Bytes)>>,
@@ -42,9 +40,6 @@ pub struct Daemon {
 /// How long one backup list is reused (a backup asked for over HTTP, or a reload, clears it).
 pub const LIST_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// How long one readiness answer is reused.
-pub const READY_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
-
 impl Daemon {
     pub fn new(ws: Arc<Workspace>, metrics: Arc<Metrics>, op: OpContext) -> Daemon {
         Daemon {
@@ -52,7 +47,7 @@ impl Daemon {
             metrics,
             op,
             manual: Mutex::new(()),
-            ready: Mutex::new(None),
+            readiness: Readiness::default(),
             listing: Mutex::new(None),
         }
     }
@@ -81,17 +76,9 @@ impl Daemon {
     }
 
     /// What does not answer now (the database, the store), checked at most once per
-    /// [`READY_FRESH`] however many ask.
+    /// [`super::ready::READY_FRESH`] however many ask.
     pub async fn unavailable(&self) -> Vec<String> {
-        let mut last = self.ready.lock().await;
-        if let Some((at, problems)) = &*last {
-            if at.elapsed() < READY_FRESH {
-                return problems.clone();
-            }
-        }
-        let problems = self.ws().unavailable().await;
-        *last = Some((tokio::time::Instant::now(), problems.clone()));
-        problems
+        self.readiness.unavailable(&self.ws()).await
     }
 
     /// The configuration in force now.
@@ -104,11 +91,7 @@ impl Daemon {
 
     pub fn replace(&self, ws: Arc<Workspace>) {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = ws;
-        // The next readiness answer is about the new configuration (a check running now
-        // keeps its answer for at most READY_FRESH).
-        if let Ok(mut ready) = self.ready.try_lock() {
-            *ready = None;
-        }
+        self.readiness.forget();
         if let Ok(mut listing) = self.listing.try_lock() {
             *listing = None;
         }

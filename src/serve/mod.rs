@@ -24,6 +24,7 @@ pub mod clock;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod ready;
 pub mod scheduler;
 pub mod webhook;
 
@@ -98,7 +99,7 @@ pub async fn serve(
         idle_timeout: Duration::from_secs(ws.config().server.idle_timeout_secs),
     };
     let server = tokio::spawn(listener::run(listener, app, limits, op.clone()));
-    if let Err(e) = check_dependencies(&ws, &op).await {
+    if let Err(e) = check_dependencies(&daemon, &ws, &op).await {
         op.cancel();
         let _ = server.await;
         return Err(e);
@@ -214,21 +215,21 @@ fn notify(state: &[sd_notify::NotifyState]) {
 /// ([`crate::error::Kind::is_transient`]: a server still starting, a store that refuses
 /// its credentials for now) is logged, and the schedules start anyway: a slot due while a
 /// dependency is down fails like any other (counted, shown, notified), it is not silence.
-async fn check_dependencies(ws: &Workspace, op: &OpContext) -> anyhow::Result<()> {
+async fn check_dependencies(
+    daemon: &http::Daemon,
+    ws: &Arc<Workspace>,
+    op: &OpContext,
+) -> anyhow::Result<()> {
     if op.is_cancelled() {
         return Ok(());
     }
+    // The readiness check itself, so `/readyz` starts from this answer and its connection.
     let mut problems = Vec::new();
-    for (what, result) in [
-        ("database", ws.check_database().await),
-        ("store", ws.check_store().await),
-    ] {
-        if let Err(e) = result {
-            if !kind_of(&e).is_transient() {
-                return Err(e.context(format!("the {what} can never answer as configured")));
-            }
-            problems.push(format!("the {what} does not answer: {e:#}"));
+    for (what, e) in daemon.readiness.check_now(ws).await {
+        if !kind_of(&e).is_transient() {
+            return Err(e.context(format!("the {what} can never answer as configured")));
         }
+        problems.push(format!("the {what} does not answer: {e:#}"));
     }
     if !problems.is_empty() {
         let status = problems.join("; ");

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::clock::Clock;
+use super::clock::{Clock, Pauses};
 use crate::context::OpContext;
 use crate::ops::scheduled::{
     reap_lost, record_failed, record_missed, record_overrun, run_slot, NotRecorded, SlotOutcome,
@@ -77,14 +77,22 @@ pub struct Scheduler {
     shared: Shared,
     op: OpContext,
     loops: Arc<Mutex<Vec<Loop>>>,
+    /// Seen by every loop, so slots missed in a pause are not blamed on the schedule.
+    pauses: Arc<Pauses>,
 }
 
 impl Scheduler {
     pub fn new(shared: Shared, op: OpContext) -> Scheduler {
+        let pauses = Arc::new(Pauses::new(shared.clock.clone()));
+        tokio::spawn({
+            let (pauses, op) = (pauses.clone(), op.clone());
+            async move { pauses.watch(op.cancelled()).await }
+        });
         Scheduler {
             shared,
             op,
             loops: Arc::default(),
+            pauses,
         }
     }
 
@@ -108,6 +116,7 @@ impl Scheduler {
                 retire: retire.clone(),
                 beat: beat.clone(),
                 unrecorded: Mutex::default(),
+                pauses: self.pauses.clone(),
             };
             let name = job.schedule.name.clone();
             loops.push(Loop {
@@ -183,6 +192,21 @@ struct Job {
     beat: Arc<Heartbeat>,
     /// Slots that failed while the database did not answer, to put on record once it does.
     unrecorded: Mutex<Vec<(chrono::DateTime<Utc>, String)>>,
+    pauses: Arc<Pauses>,
+}
+
+/// Why the slots after `slot` were not run, for the log and the slots table: a pause of
+/// the process (or a clock set forward) is named as such, not blamed on the schedule.
+fn why_missed(slot: chrono::DateTime<Utc>, paused: Option<chrono::TimeDelta>) -> String {
+    match paused {
+        Some(gap) => format!(
+            "passed while the process did not run for {}s or the clock was set forward (SIGSTOP, a suspended machine, an overloaded host, a clock step)",
+            gap.num_seconds()
+        ),
+        None => format!(
+            "passed while slot {slot} ran (the schedule is denser than its backups are long)"
+        ),
+    }
 }
 
 impl Job {
@@ -225,13 +249,21 @@ impl Job {
             let now = clock.now();
             after = slot.max(now - OVERRUN_GRACE);
             if after > slot {
-                match record_overrun(&self.ws, &self.schedule, slot, after, &self.shared.instance)
-                    .await
+                let why = why_missed(slot, self.pauses.longest_since(slot));
+                match record_overrun(
+                    &self.ws,
+                    &self.schedule,
+                    slot,
+                    after,
+                    &self.shared.instance,
+                    &why,
+                )
+                .await
                 {
                     Ok(missed) if !missed.is_empty() => {
                         metrics.missed(name, missed.len() as u64);
                         tracing::warn!(
-                            "schedule {name}: {} slot(s) passed while slot {slot} ran; they are recorded as missed (the schedule is denser than its backups are long)",
+                            "schedule {name}: {} slot(s) {why}; they are recorded as missed",
                             missed.len()
                         );
                     }
@@ -406,5 +438,23 @@ impl Job {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pause_is_named_as_one_and_only_otherwise_the_schedule_is_blamed() {
+        let slot = chrono::DateTime::parse_from_rfc3339("2026-06-01T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let paused = why_missed(slot, Some(chrono::TimeDelta::seconds(300)));
+        assert!(paused.contains("did not run for 300s"), "{paused}");
+        assert!(!paused.contains("denser"), "{paused}");
+        let dense = why_missed(slot, None);
+        assert!(dense.contains("denser than its backups"), "{dense}");
+        assert!(dense.contains("2026-06-01 10:00:00 UTC"), "{dense}");
     }
 }

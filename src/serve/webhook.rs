@@ -1,10 +1,13 @@
 //! `[notify]` webhooks: healthchecks.io-style dead-man switches told when a scheduled backup
 //! starts, succeeds or fails. Each run's calls go out in order from a task of their own, so a
-//! slow or failing receiver never delays or fails a backup; each call is bounded in time and
+//! slow or failing receiver never delays or fails a backup, and a run's task waits for the
+//! previous run of its schedule to have sent everything, so a receiver never hears a start
+//! before the last run's end; each call is bounded in time and
 //! tried a bounded number of times. The URLs are secrets (anyone holding a ping URL can report
 //! a success), so logs name the hook and the host, never the URL.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::{NotifyConfig, Secret};
@@ -17,7 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 /// One call may take this long (connect, send, answer).
@@ -49,6 +52,8 @@ pub struct Webhooks {
     client: Option<HttpClient>,
     /// Calls still going out; shutdown waits a bounded time for them.
     pending: TaskTracker,
+    /// Per schedule, what resolves once its last run has sent all its calls.
+    last_run: Arc<Mutex<HashMap<String, oneshot::Receiver<()>>>>,
 }
 
 impl Webhooks {
@@ -62,6 +67,7 @@ impl Webhooks {
             hooks: Arc::new(config.clone()),
             client,
             pending,
+            last_run: Arc::default(),
         }
     }
 
@@ -75,7 +81,17 @@ impl Webhooks {
         };
         let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
         let hooks = self.hooks.clone();
+        let (sent, next) = oneshot::channel::<()>();
+        let previous = self
+            .last_run
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(schedule.to_string(), next);
         self.pending.spawn(async move {
+            if let Some(previous) = previous {
+                // Resolves (Ok or Err) once the previous run's task has ended.
+                let _ = previous.await;
+            }
             while let Some(event) = rx.recv().await {
                 let (key, url) = match event.event {
                     "start" => ("on_start", &hooks.on_start),
@@ -86,6 +102,7 @@ impl Webhooks {
                     deliver(&client, key, url, &event).await;
                 }
             }
+            drop(sent);
         });
         RunHooks {
             schedule: schedule.to_string(),

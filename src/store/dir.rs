@@ -275,7 +275,7 @@ impl Upload for DirUpload {
         Ok(())
     }
 
-    async fn finish(mut self: Box<Self>) -> anyhow::Result<u64> {
+    async fn finish(&mut self) -> anyhow::Result<u64> {
         let mut file = self.file.take().context("upload already finished")?;
         let result = async {
             file.flush().await?;

@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -122,7 +123,7 @@ impl ObjectStore for FaultyStore {
 
     async fn upload(&self, key: &str, size_hint: u64) -> anyhow::Result<Box<dyn Upload>> {
         Ok(Box::new(FaultyUpload {
-            inner: self.inner.upload(key, size_hint).await?,
+            inner: Some(self.inner.upload(key, size_hint).await?),
             gate: self.gate(),
             key: key.to_string(),
             lose: self.loses(key),
@@ -164,10 +165,15 @@ impl ObjectStore for FaultyStore {
     async fn abort_pending(&self, upload: &PendingUpload) -> anyhow::Result<()> {
         self.inner.abort_pending(upload).await
     }
+
+    fn patience(&self) -> std::time::Duration {
+        self.inner.patience()
+    }
 }
 
 struct FaultyUpload {
-    inner: Box<dyn Upload>,
+    /// Taken when the upload is lost on purpose.
+    inner: Option<Box<dyn Upload>>,
     gate: Gate,
     key: String,
     lose: bool,
@@ -179,18 +185,30 @@ impl Upload for FaultyUpload {
     async fn write(&mut self, chunk: Bytes) -> anyhow::Result<()> {
         self.gate.pass(&self.key).await?;
         self.written += chunk.len() as u64;
-        self.inner.write(chunk).await
+        self.inner
+            .as_mut()
+            .context("upload already lost")?
+            .write(chunk)
+            .await
     }
 
-    async fn finish(self: Box<Self>) -> anyhow::Result<u64> {
+    async fn finish(&mut self) -> anyhow::Result<u64> {
         if self.lose {
-            self.inner.abort().await;
+            if let Some(inner) = self.inner.take() {
+                inner.abort().await;
+            }
             return Ok(self.written);
         }
-        self.inner.finish().await
+        self.inner
+            .as_mut()
+            .context("upload already lost")?
+            .finish()
+            .await
     }
 
     async fn abort(self: Box<Self>) {
-        self.inner.abort().await
+        if let Some(inner) = self.inner {
+            inner.abort().await
+        }
     }
 }

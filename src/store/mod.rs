@@ -100,6 +100,12 @@ pub trait ObjectStore: Send + Sync {
     /// Where the store is, for messages (never with credentials).
     fn describe(&self) -> String;
 
+    /// How long one request may go unanswered before it fails; bounds the clean-up of a
+    /// failed backup too.
+    fn patience(&self) -> std::time::Duration {
+        DIR_PATIENCE
+    }
+
     /// Confirms the store is reachable and writable enough to start, before any work.
     async fn check(&self) -> anyhow::Result<()>;
 
@@ -132,6 +138,9 @@ pub trait ObjectStore: Send + Sync {
     }
 }
 
+/// The clean-up bound of a directory store, which has no request timeouts of its own.
+const DIR_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// A configured store, as the rest of backstop holds it.
 pub type Store = dyn ObjectStore;
 
@@ -141,8 +150,9 @@ pub type Store = dyn ObjectStore;
 pub trait Upload: Send {
     async fn write(&mut self, chunk: Bytes) -> anyhow::Result<()>;
 
-    /// Completes the object; returns its size.
-    async fn finish(self: Box<Self>) -> anyhow::Result<u64>;
+    /// Completes the object; returns its size. A failed finish leaves the upload to
+    /// [`Upload::abort`], so a caller holding locks can release them before it cleans up.
+    async fn finish(&mut self) -> anyhow::Result<u64>;
 
     async fn abort(self: Box<Self>);
 }

@@ -19,6 +19,7 @@ mod schema;
 mod sequences;
 mod serve;
 mod shapes;
+mod stall;
 mod tls;
 mod tool_tables;
 mod versions;

@@ -178,7 +178,7 @@ async fn a_lost_manifest_write_is_caught_by_reading_it_back() {
         .expect_err("a manifest that was never stored is no backup");
     let msg = format!("{err:#}");
     assert!(msg.contains("reading the manifest back"), "{msg}");
-    assert!(msg.contains("the backup was removed"), "{msg}");
+    assert!(msg.contains("the backup failed and was removed"), "{msg}");
     assert!(
         test_store.keys().await.is_empty(),
         "{:?}",

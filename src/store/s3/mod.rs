@@ -29,6 +29,31 @@ pub struct S3Store {
     endpoint: Option<String>,
     /// How long a download may receive nothing before it fails.
     read_timeout: Duration,
+    patience: Patience,
+}
+
+/// How long one request may go unanswered, the SDK's retries included, before it fails:
+/// `read_timeout_secs` or `operation_timeout_secs`, whichever is shorter. The SDK's own
+/// operation timeout alone let a stalled store hold a downgrade's locks for ten minutes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Patience(pub(super) Duration);
+
+impl Patience {
+    /// Waits for `request`, or fails once the store has been silent for too long.
+    pub(super) async fn answer<F: std::future::Future>(
+        self,
+        request: F,
+    ) -> anyhow::Result<F::Output> {
+        tokio::time::timeout(self.0, request).await.map_err(|_| {
+            err(
+                Kind::StoreUnavailable,
+                format!(
+                    "the store did not answer in time (nothing for {}s: [storage] read_timeout_secs, operation_timeout_secs); check that it runs and is reachable",
+                    self.0.as_secs()
+                ),
+            )
+        })
+    }
 }
 
 /// An S3 failure as a sentence that says what happened: no answer in time, no connection,
@@ -176,6 +201,12 @@ impl S3Store {
             prefix,
             endpoint: config.endpoint.clone(),
             read_timeout: Duration::from_secs(config.read_timeout_secs),
+            patience: Patience(Duration::from_secs(
+                config
+                    .read_timeout_secs
+                    .min(config.operation_timeout_secs)
+                    .max(1),
+            )),
         })
     }
 
@@ -200,12 +231,15 @@ impl S3Store {
 
     async fn exists(&self, full: &str) -> anyhow::Result<bool> {
         match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(full)
-            .send()
-            .await
+            .patience
+            .answer(
+                self.client
+                    .head_object()
+                    .bucket(&self.bucket)
+                    .key(full)
+                    .send(),
+            )
+            .await?
         {
             Ok(_) => Ok(true),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
@@ -219,12 +253,16 @@ impl S3Store {
     async fn open(&self, key: &str) -> anyhow::Result<(AwsByteStream, String)> {
         let full = self.full_key(key)?;
         let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
+            .patience
+            .answer(
+                self.client
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .send(),
+            )
             .await
+            .with_context(|| format!("reading s3://{}/{full}", self.bucket))?
             .map_err(|e| {
                 if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
                     NotFound(format!("s3://{}/{full}", self.bucket)).into()
@@ -246,13 +284,19 @@ impl ObjectStore for S3Store {
         s
     }
 
+    fn patience(&self) -> Duration {
+        self.patience.0
+    }
+
     async fn check(&self) -> anyhow::Result<()> {
-        self.client
-            .head_bucket()
-            .bucket(&self.bucket)
-            .send()
+        let reached = self
+            .patience
+            .answer(self.client.head_bucket().bucket(&self.bucket).send())
             .await
-            .map_err(|e| {
+            .with_context(|| {
+                format!("cannot reach bucket {} ({})", self.bucket, self.describe())
+            })?;
+        reached.map_err(|e| {
                 // HEAD answers carry no error code, only a status.
                 let status = e.raw_response().map(|r| r.status().as_u16());
                 let what = match status {
@@ -274,6 +318,7 @@ impl ObjectStore for S3Store {
             self.bucket.clone(),
             self.full_key(key),
             size_hint,
+            self.patience,
         )))
     }
 
@@ -285,10 +330,14 @@ impl ObjectStore for S3Store {
                 self.bucket
             )
         };
-        match put_request(&self.client, &self.bucket, &full, data.clone(), create_only)
-            .send()
+        let written = self
+            .patience
+            .answer(
+                put_request(&self.client, &self.bucket, &full, data.clone(), create_only).send(),
+            )
             .await
-        {
+            .with_context(|| format!("writing s3://{}/{full}", self.bucket))?;
+        match written {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("PreconditionFailed") => Err(exists()),
             Err(e) if create_only && matches!(e.code(), Some("NotImplemented")) => {
@@ -296,9 +345,9 @@ impl ObjectStore for S3Store {
                 if self.exists(&full).await? {
                     return Err(exists());
                 }
-                put_request(&self.client, &self.bucket, &full, data, false)
-                    .send()
-                    .await
+                self.patience
+                    .answer(put_request(&self.client, &self.bucket, &full, data, false).send())
+                    .await?
                     .map_err(s3_error)
                     .with_context(|| format!("writing s3://{}/{full}", self.bucket))?;
                 Ok(())
@@ -311,9 +360,11 @@ impl ObjectStore for S3Store {
 
     async fn get(&self, key: &str) -> anyhow::Result<Bytes> {
         let (body, full) = self.open(key).await?;
-        let data = body
-            .collect()
+        let data = self
+            .patience
+            .answer(body.collect())
             .await
+            .and_then(|r| r.map_err(anyhow::Error::from))
             .with_context(|| format!("reading s3://{}/{full}", self.bucket))?;
         Ok(data.into_bytes())
     }
@@ -361,7 +412,12 @@ impl ObjectStore for S3Store {
             .prefix(&full_prefix)
             .into_paginator()
             .send();
-        while let Some(page) = pages.next().await {
+        while let Some(page) = self
+            .patience
+            .answer(pages.next())
+            .await
+            .with_context(|| format!("listing {}", self.describe()))?
+        {
             let page = page
                 .map_err(s3_error)
                 .with_context(|| format!("listing {}", self.describe()))?;
@@ -382,12 +438,15 @@ impl ObjectStore for S3Store {
     async fn delete(&self, keys: &[String]) -> anyhow::Result<()> {
         for key in keys {
             let full = self.full_key(key)?;
-            self.client
-                .delete_object()
-                .bucket(&self.bucket)
-                .key(&full)
-                .send()
-                .await
+            self.patience
+                .answer(
+                    self.client
+                        .delete_object()
+                        .bucket(&self.bucket)
+                        .key(&full)
+                        .send(),
+                )
+                .await?
                 .map_err(s3_error)
                 .with_context(|| format!("removing s3://{}/{full}", self.bucket))?;
         }
@@ -400,9 +459,10 @@ impl ObjectStore for S3Store {
         if !self.prefix.is_empty() {
             req = req.prefix(format!("{}/", self.prefix));
         }
-        let resp = req
-            .send()
-            .await
+        let resp = self
+            .patience
+            .answer(req.send())
+            .await?
             .map_err(s3_error)
             .with_context(|| format!("listing unfinished uploads in {}", self.describe()))?;
         for u in resp.uploads() {
@@ -419,13 +479,16 @@ impl ObjectStore for S3Store {
 
     async fn abort_pending(&self, upload: &PendingUpload) -> anyhow::Result<()> {
         let full = self.full_key(&upload.key)?;
-        self.client
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&full)
-            .upload_id(&upload.upload_id)
-            .send()
-            .await
+        self.patience
+            .answer(
+                self.client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .upload_id(&upload.upload_id)
+                    .send(),
+            )
+            .await?
             .map_err(s3_error)
             .with_context(|| format!("aborting the upload of s3://{}/{full}", self.bucket))?;
         Ok(())

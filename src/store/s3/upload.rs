@@ -11,7 +11,7 @@ use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinSet;
 
-use super::{put_request, s3_error};
+use super::{put_request, s3_error, Patience};
 use crate::error::{err, Kind};
 use crate::store::Upload;
 
@@ -46,6 +46,7 @@ pub(super) struct S3Upload {
     next_part: i32,
     written: u64,
     done: bool,
+    patience: Patience,
 }
 
 impl S3Upload {
@@ -55,6 +56,7 @@ impl S3Upload {
         bucket: String,
         key: anyhow::Result<String>,
         size_hint: u64,
+        patience: Patience,
     ) -> S3Upload {
         let part_size = part_size(size_hint);
         S3Upload {
@@ -70,6 +72,7 @@ impl S3Upload {
             next_part: 1,
             written: 0,
             done: false,
+            patience,
         }
     }
 
@@ -91,14 +94,17 @@ impl S3Upload {
         let key = self.key()?.to_string();
         if self.upload_id.is_none() {
             let created = self
-                .client
-                .create_multipart_upload()
-                .bucket(&self.bucket)
-                .key(&key)
-                .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
-                .send()
+                .patience
+                .answer(
+                    self.client
+                        .create_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(&key)
+                        .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
+                        .send(),
+                )
                 .await
-                .map_err(s3_error)
+                .and_then(|r| r.map_err(s3_error))
                 .with_context(|| format!("starting the upload of s3://{}/{key}", self.bucket))?;
             self.upload_id = Some(
                 created
@@ -122,13 +128,14 @@ impl S3Upload {
                 ),
             ));
         }
-        let (client, bucket, id) = (
+        let (client, bucket, id, patience) = (
             self.client.clone(),
             self.bucket.clone(),
             self.upload_id.clone().unwrap_or_default(),
+            self.patience,
         );
         self.in_flight.spawn(async move {
-            let out = client
+            let request = client
                 .upload_part()
                 .bucket(&bucket)
                 .key(&key)
@@ -140,9 +147,11 @@ impl S3Upload {
                 // a second pass over every byte on a CPU the compressor needs.
                 .customize()
                 .disable_payload_signing()
-                .send()
+                .send();
+            let out = patience
+                .answer(request)
                 .await
-                .map_err(s3_error)
+                .and_then(|r| r.map_err(s3_error))
                 .with_context(|| format!("uploading part {number} of s3://{bucket}/{key}"))?;
             Ok(CompletedPart::builder()
                 .part_number(number)
@@ -165,10 +174,10 @@ impl S3Upload {
         let key = self.key()?.to_string();
         if self.upload_id.is_none() {
             let data = std::mem::take(&mut self.buffer).freeze();
-            put_request(&self.client, &self.bucket, &key, data, false)
-                .send()
+            self.patience
+                .answer(put_request(&self.client, &self.bucket, &key, data, false).send())
                 .await
-                .map_err(s3_error)
+                .and_then(|r| r.map_err(s3_error))
                 .with_context(|| format!("writing s3://{}/{key}", self.bucket))?;
             return Ok(self.written);
         }
@@ -180,7 +189,8 @@ impl S3Upload {
             self.collect_one().await?;
         }
         self.parts.sort_by_key(|p| p.part_number());
-        self.client
+        let request = self
+            .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(&key)
@@ -190,9 +200,11 @@ impl S3Upload {
                     .set_parts(Some(std::mem::take(&mut self.parts)))
                     .build(),
             )
-            .send()
+            .send();
+        self.patience
+            .answer(request)
             .await
-            .map_err(s3_error)
+            .and_then(|r| r.map_err(s3_error))
             .with_context(|| format!("completing the upload of s3://{}/{key}", self.bucket))?;
         self.upload_id = None;
         Ok(self.written)
@@ -202,20 +214,23 @@ impl S3Upload {
         self.in_flight.abort_all();
         while self.in_flight.join_next().await.is_some() {}
         if let (Some(id), Ok(key)) = (self.upload_id.take(), self.key.as_ref()) {
-            if let Err(e) = self
+            let request = self
                 .client
                 .abort_multipart_upload()
                 .bucket(&self.bucket)
                 .key(key)
                 .upload_id(id)
-                .send()
-                .await
-            {
-                tracing::warn!(
+                .send();
+            match self.patience.answer(request).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(
                     "aborting the upload of s3://{}/{key}: {}",
                     self.bucket,
                     DisplayErrorContext(e)
-                );
+                ),
+                Err(e) => {
+                    tracing::warn!("aborting the upload of s3://{}/{key}: {e:#}", self.bucket)
+                }
             }
         }
     }
@@ -227,13 +242,10 @@ impl Upload for S3Upload {
         self.write_chunk(chunk).await
     }
 
-    async fn finish(mut self: Box<Self>) -> anyhow::Result<u64> {
-        let result = self.complete().await;
-        if result.is_err() {
-            self.abort_now().await;
-        }
+    async fn finish(&mut self) -> anyhow::Result<u64> {
+        let written = self.complete().await?;
         self.done = true;
-        result
+        Ok(written)
     }
 
     async fn abort(mut self: Box<Self>) {

@@ -218,6 +218,29 @@ async fn a_clock_that_jumps_forward_records_the_slots_it_jumped_and_one_that_jum
             ("14:00", "missed"),
         ])
     );
+    // The jump (or a pause of the process: they look the same from inside) is named, not
+    // blamed on a schedule denser than its backups.
+    let why: Vec<Option<String>> = db
+        .client()
+        .await
+        .query(
+            "SELECT error FROM backstop_schedule_slots WHERE state = 'missed' ORDER BY slot",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(why.len(), 3);
+    for w in &why {
+        let w = w.as_deref().unwrap_or_default();
+        assert!(
+            w.contains("did not run for") && w.contains("clock was set forward"),
+            "{w}"
+        );
+        assert!(!w.contains("denser"), "{w}");
+    }
     assert_eq!(
         loops.metrics.status()["hourly"].next_run,
         Some(utc("2026-06-01T15:00:00Z"))
@@ -502,5 +525,43 @@ async fn a_record_that_cannot_be_written_after_a_good_backup_is_not_a_failed_slo
         "{metrics}"
     );
     assert!(!metrics.contains("result=\"failure\"} 1"), "{metrics}");
+    loops.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_calls_of_successive_slots_arrive_in_order_when_the_receiver_stumbles() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    // The first success call is answered 503, so it goes out again a second later; the next
+    // slot's start, due meanwhile, must wait for it.
+    let hooks = super::resilience::Receiver::failing_first("/ok", 1);
+    let base = format!("http://127.0.0.1:{}", hooks.port);
+    let mut p = project(
+        &db,
+        &store,
+        "name = \"minutely\"\ncron = \"0 * * * * *\"\ncatch_up = \"none\"",
+    )
+    .await;
+    p.set_section(
+        "notify",
+        &format!("on_start = \"{base}/start\"\non_success = \"{base}/ok\""),
+    );
+    let clock = Arc::new(ManualClock::new(utc("2026-06-01T10:00:30Z")));
+    let loops = start(&p, &clock, "a");
+    settled(&clock, 1, 0).await;
+    move_to(&clock, utc("2026-06-01T10:01:00Z"), 1).await;
+    move_to(&clock, utc("2026-06-01T10:02:00Z"), 1).await;
+    super::resilience::until(Duration::from_secs(20), "every call", || {
+        hooks.count("/start") >= 2 && hooks.count("/ok") >= 3
+    })
+    .await;
+    let calls = hooks.calls();
+    let paths: Vec<&str> = calls.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/start", "/ok", "/ok", "/start", "/ok"],
+        "{calls:?}"
+    );
+    assert_ne!(calls[1].1["backup_id"], calls[4].1["backup_id"]);
     loops.stop().await;
 }

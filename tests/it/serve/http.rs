@@ -304,3 +304,56 @@ async fn a_flood_of_readiness_checks_opens_no_flood_of_connections() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn readiness_asks_over_one_connection_it_keeps() {
+    let db = TestDb::new().await;
+    // A role that may hold one connection: a check that opened a new one each time (while
+    // the last had not closed yet) or leaked them would be refused.
+    let role = unique("kept");
+    let c = db.client().await;
+    c.batch_execute(&format!("CREATE ROLE \"{role}\" LOGIN CONNECTION LIMIT 1"))
+        .await
+        .unwrap();
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(url, db.url, "the test url names no user: {}", db.url);
+    let p = Project::new_with_url(&url);
+    let app = router(&p, Arc::new(Metrics::new(&[])));
+    let backends = || async {
+        let rows = c
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE usename = $1",
+                &[&role],
+            )
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>()
+    };
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (status, _, body) = call(&app, "GET", "/readyz", &[], "").await;
+        assert_eq!(status, 200, "{body}");
+        seen.push(backends().await);
+        // Past the time an answer is reused, so the next request checks again.
+        tokio::time::sleep(backstop::serve::ready::READY_FRESH + Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen[0].len(), 1, "{seen:?}");
+    assert!(
+        seen.iter().all(|s| s == &seen[0]),
+        "one backend throughout: {seen:?}"
+    );
+    // A connection that breaks is opened again.
+    c.execute("SELECT pg_terminate_backend($1)", &[&seen[0][0]])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _, body) = call(&app, "GET", "/readyz", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    let again = backends().await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_ne!(again, seen[0]);
+    drop(app);
+    c.batch_execute(&format!("DROP ROLE \"{role}\""))
+        .await
+        .unwrap();
+}

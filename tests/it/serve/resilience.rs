@@ -143,6 +143,14 @@ pub(crate) struct Receiver {
 
 impl Receiver {
     pub fn start() -> Receiver {
+        Receiver::failing_first("", 0)
+    }
+
+    /// A receiver that answers the first `times` calls to `path` with 503 (and records
+    /// them too), as a receiver briefly down would.
+    pub fn failing_first(path: &str, times: usize) -> Receiver {
+        let failing = path.to_string();
+        let mut left = times;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let calls: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
@@ -174,10 +182,15 @@ impl Receiver {
                     .unwrap_or("")
                     .to_string();
                 let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                let fail = path == failing && left > 0;
                 seen.lock().unwrap().push((path, json));
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
+                let answer: &[u8] = if fail {
+                    left -= 1;
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                };
+                let _ = stream.write_all(answer);
             }
         });
         Receiver { port, calls }

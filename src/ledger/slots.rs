@@ -22,8 +22,22 @@ impl Ledger {
         qualified(&self.schema, SLOTS_TABLE)
     }
 
-    /// Creates the slots table if it is missing.
+    /// Creates the slots table if it is missing, and adds the heartbeat column to a table
+    /// made before it had one. Called before every use of the table, so it takes no lock
+    /// when there is nothing to do (an `ALTER TABLE` would take an exclusive one each time).
     pub async fn ensure_slots(&self, client: &impl GenericClient) -> anyhow::Result<()> {
+        let current: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                 WHERE attrelid = pg_catalog.to_regclass($1) AND attname = 'heartbeat_at' AND NOT attisdropped)",
+                &[&self.slots()],
+            )
+            .await
+            .pg(|| format!("looking for {}", self.slots()))?
+            .get(0);
+        if current {
+            return Ok(());
+        }
         client
             .batch_execute(&format!(
                 "CREATE TABLE IF NOT EXISTS {0} (

@@ -74,25 +74,6 @@ impl Workspace {
         load_migrations(&self.loaded, &self.env)
     }
 
-    /// What does not answer now, the database or the store, each as a sentence; empty when
-    /// both do. For the daemon's readiness.
-    pub async fn unavailable(&self) -> Vec<String> {
-        let db = self.check_database().await;
-        let store = self.check_store().await;
-        [("database", db), ("store", store)]
-            .into_iter()
-            .filter_map(|(what, r)| {
-                r.err()
-                    .map(|e| format!("the {what} does not answer: {e:#}"))
-            })
-            .collect()
-    }
-
-    /// Whether the database answers (a connection opens).
-    pub async fn check_database(&self) -> anyhow::Result<()> {
-        self.database()?.connect().await.map(|_| ())
-    }
-
     /// Whether the store answers.
     pub async fn check_store(&self) -> anyhow::Result<()> {
         self.store().await?.check().await

@@ -131,3 +131,46 @@ async fn a_lost_slot_that_is_not_the_latest_stays_failed_with_its_reason() {
     );
     loops.stop().await;
 }
+
+#[tokio::test]
+async fn a_slots_table_from_before_heartbeats_gets_its_column_and_keeps_its_rows() {
+    let store = TestStore::dir();
+    let db = TestDb::new().await;
+    let p = project(
+        &db,
+        &store,
+        "name = \"hourly\"\ncron = \"0 0 * * * *\"\ncatch_up = \"none\"",
+    )
+    .await;
+    // The table as earlier versions made it: no heartbeat column.
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE backstop_schedule_slots (
+             schedule text NOT NULL, slot timestamptz NOT NULL, state text NOT NULL,
+             backup_id text, instance text, error text,
+             started_at timestamptz NOT NULL DEFAULT now(), finished_at timestamptz,
+             PRIMARY KEY (schedule, slot));
+         INSERT INTO backstop_schedule_slots (schedule, slot, state, instance)
+         VALUES ('hourly', '2026-06-01T09:00:00Z', 'done', 'old:1');",
+    )
+    .await
+    .unwrap();
+    let clock = Arc::new(ManualClock::new(utc("2026-06-01T09:30:00Z")));
+    let loops = start(&p, &clock, "new");
+    settled(&clock, 1, 0).await;
+    super::clock::move_to(&clock, utc("2026-06-01T10:00:00Z"), 1).await;
+    assert_eq!(
+        states_by_time(&db, "hourly").await,
+        at_states(&[("09:00", "done"), ("10:00", "done")])
+    );
+    let beats: i64 = c
+        .query_one(
+            "SELECT count(heartbeat_at) FROM backstop_schedule_slots WHERE instance = 'new'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(beats, 1, "the new slot carries a heartbeat");
+    loops.stop().await;
+}

@@ -504,3 +504,60 @@ async fn at_the_most_verbose_level_no_line_carries_a_webhook_credential() {
     assert!(!stderr.contains("hookpass"), "{stderr}");
     assert!(!stderr.contains("hookuser"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_daemon_whose_store_refuses_its_credentials_fails_counts_and_notifies_every_slot() {
+    let store = TestStore::s3().await;
+    let db = TestDb::new().await;
+    let mut p = scheduled(&db, &store).await;
+    // The key is right, the secret is not: every request is refused.
+    p.env = vec![
+        ("AWS_ACCESS_KEY_ID".into(), s3_env().access_key),
+        ("AWS_SECRET_ACCESS_KEY".into(), "not-the-secret".into()),
+    ];
+    let hooks = Receiver::start();
+    let base = format!("http://127.0.0.1:{}", hooks.port);
+    p.set_section(
+        "notify",
+        &format!("on_start = \"{base}/start\"\non_failure = \"{base}/fail\""),
+    );
+    let (child, port) = start_http(&mut p);
+    until(Duration::from_secs(30), "two failure calls", || {
+        hooks.count("/fail") >= 2
+    })
+    .await;
+    let (_, failed) = hooks
+        .calls()
+        .into_iter()
+        .find(|(p, _)| p == "/fail")
+        .unwrap();
+    let error = failed["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("denied access"), "{failed}");
+    assert!(!error.contains("not-the-secret"), "{failed}");
+    let (_, metrics) = get(port, "/metrics");
+    let failures = sample(
+        &metrics,
+        "backstop_schedule_failures_total{schedule=\"fast\",reason=\"store_unavailable\"}",
+    );
+    assert!(failures.unwrap_or(0.0) >= 2.0, "{metrics}");
+    let (status, body) = get(port, "/v1/status");
+    assert_eq!(status, 200);
+    assert!(body.contains("denied access"), "{body}");
+    let (ready, why) = get(port, "/readyz");
+    assert_eq!(ready, 503, "{why}");
+    assert!(why.contains("store"), "{why}");
+    let recorded: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM backstop_schedule_slots WHERE state = 'failed' AND error LIKE '%denied access%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(recorded >= 2, "failed slots on record: {recorded}");
+    let (code, stderr) = stop(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("not-the-secret"), "{stderr}");
+}

@@ -56,6 +56,21 @@ async fn done_so_far(db: &TestDb) -> i64 {
     }
 }
 
+/// The figures a flood is judged by: sessions on the test database now, and the latest any
+/// slot started after it was due, in seconds.
+async fn figures(db: &TestDb) -> (i64, f64) {
+    let c = db.client().await;
+    let row = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()),
+                    (SELECT coalesce(max(extract(epoch FROM started_at - slot)), 0)::float8 FROM backstop_schedule_slots)",
+            &[&db.name],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
 fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -117,6 +132,11 @@ async fn eleven_hundred_idle_sockets_neither_stop_the_schedules_nor_health() {
         .unwrap()
         .get(0);
     assert_eq!(failed, 0);
+    let (sessions, late) = figures(&db).await;
+    eprintln!(
+        "1,100 idle sockets: {} descriptors, {sessions} database sessions, slots at most {late:.2} s late",
+        open_descriptors(pid)
+    );
     // The sockets that were let in and said nothing are closed once idle too long.
     let mut open: Vec<TcpStream> = idle;
     until("the idle sockets closed", || {
@@ -222,6 +242,11 @@ async fn four_hundred_backup_lists_at_once_keep_the_daemon_small_and_on_schedule
         done_so_far(&db).await >= done + 2
     })
     .await;
+    let (sessions, late) = figures(&db).await;
+    eprintln!(
+        "400 lists at once: peak RSS {} MiB, {sessions} database sessions, slots at most {late:.2} s late",
+        peak / 1024
+    );
     let (code, stderr) = stop(child);
     assert_eq!(code, Some(0), "{stderr}");
 }

@@ -41,16 +41,17 @@ impl Leftovers {
     pub async fn clean(self, store: &Store, within: Duration) -> String {
         let uploads = self.uploads.into_inner().expect("leftovers");
         let backup = self.backup.into_inner().expect("leftovers");
-        let Some(id) = backup else {
-            for u in uploads {
-                // Nothing was written under a backup id: only abort (dropping also aborts).
-                let _ = tokio::time::timeout(within, u.abort()).await;
-            }
-            return "the backup failed".to_string();
-        };
         let work = async {
             futures_util::future::join_all(uploads.into_iter().map(|u| u.abort())).await;
-            discard(store, &id).await
+            match &backup {
+                Some(id) => discard(store, id).await,
+                None => Ok(()),
+            }
+        };
+        let Some(id) = backup.clone() else {
+            // Nothing was written under a backup id: only the uploads to abort.
+            let _ = tokio::time::timeout(within, work).await;
+            return "the backup failed".to_string();
         };
         match tokio::time::timeout(within, work).await {
             Ok(Ok(())) => "the backup failed and was removed".to_string(),

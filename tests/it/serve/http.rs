@@ -318,7 +318,8 @@ async fn readiness_asks_over_one_connection_it_keeps() {
     let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
     assert_ne!(url, db.url, "the test url names no user: {}", db.url);
     let p = Project::new_with_url(&url);
-    let app = router(&p, Arc::new(Metrics::new(&[])));
+    let ws = Arc::new(Workspace::load(Some(&p.path().join("backstop.toml"))).unwrap());
+    let readiness = backstop::serve::ready::Readiness::default();
     let backends = || async {
         let rows = c
             .query(
@@ -329,13 +330,19 @@ async fn readiness_asks_over_one_connection_it_keeps() {
             .unwrap();
         rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>()
     };
+    // Each check_now asks again, whatever the last answer's age.
     let mut seen = Vec::new();
     for _ in 0..4 {
-        let (status, _, body) = call(&app, "GET", "/readyz", &[], "").await;
-        assert_eq!(status, 200, "{body}");
+        let problems = readiness.check_now(&ws).await;
+        assert!(
+            problems.is_empty(),
+            "{:?}",
+            problems
+                .iter()
+                .map(|(w, e)| format!("{w}: {e:#}"))
+                .collect::<Vec<_>>()
+        );
         seen.push(backends().await);
-        // Past the time an answer is reused, so the next request checks again.
-        tokio::time::sleep(backstop::serve::ready::READY_FRESH + Duration::from_millis(100)).await;
     }
     assert_eq!(seen[0].len(), 1, "{seen:?}");
     assert!(
@@ -346,13 +353,19 @@ async fn readiness_asks_over_one_connection_it_keeps() {
     c.execute("SELECT pg_terminate_backend($1)", &[&seen[0][0]])
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (status, _, body) = call(&app, "GET", "/readyz", &[], "").await;
-    assert_eq!(status, 200, "{body}");
+    let terminated = std::time::Instant::now();
+    while !backends().await.is_empty() {
+        assert!(
+            terminated.elapsed() < Duration::from_secs(10),
+            "the terminated backend never went"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(readiness.check_now(&ws).await.is_empty());
     let again = backends().await;
     assert_eq!(again.len(), 1, "{again:?}");
     assert_ne!(again, seen[0]);
-    drop(app);
+    drop(readiness);
     c.batch_execute(&format!("DROP ROLE \"{role}\""))
         .await
         .unwrap();
